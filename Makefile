@@ -1,0 +1,50 @@
+# Two commands do all set-up: `make run` starts the server, `make test` runs
+# every check. Both create or reuse .venv and install what they need.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+LISTEN ?= 127.0.0.1:50051
+STATE  ?= .kvmmu-state
+
+.PHONY: install run test lint typecheck proto proto-check unit bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/kvmmu-server --listen $(LISTEN) --state-dir $(STATE)
+
+# Regenerate kvmmu/v1 from protos/ (the only source of truth).
+proto: $(STAMP)
+	$(PY) scripts/protogen.py --out .
+
+# Fail if the committed generated code differs from what protos/ generates.
+proto-check: $(STAMP)
+	$(PY) scripts/protogen.py --check
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy mmu server client
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+test: proto-check lint typecheck unit
+
+bench: $(STAMP)
+	$(PY) bench/spte.py
+	$(PY) bench/mmu.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

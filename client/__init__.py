@@ -1,0 +1,1 @@
+"""Typed Python client for the kvmmu gRPC API, and the `kvmmu` CLI."""

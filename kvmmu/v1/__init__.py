@@ -1,0 +1,1 @@
+"""Generated from protos/ by scripts/protogen.py; do not edit."""

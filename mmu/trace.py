@@ -1,0 +1,127 @@
+"""Text of the kvmmmu tracepoints, in each tracepoint's own field order and format
+(arch/x86/kvm/mmu/mmutrace.h; spec sections 9 and 12.10)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from mmu.constants import (
+    KVM_PAGES_PER_HPAGE,
+    PFERR_FETCH_MASK,
+    PFERR_PK_MASK,
+    PFERR_PRESENT_MASK,
+    PFERR_RSVD_MASK,
+    PFERR_SGX_MASK,
+    PFERR_SS_MASK,
+    PFERR_USER_MASK,
+    PFERR_WRITE_MASK,
+    PT_PRESENT_MASK,
+    PT_WRITABLE_MASK,
+    RET_PF_FIXED,
+    RET_PF_SPURIOUS,
+)
+from mmu.host import Host
+from mmu.mmio import get_mmio_spte_generation
+from mmu.spte import is_executable_pte
+
+PFERR_FLAG_NAMES: Final = (
+    (PFERR_PRESENT_MASK, "P"),
+    (PFERR_WRITE_MASK, "W"),
+    (PFERR_USER_MASK, "U"),
+    (PFERR_PK_MASK, "PK"),
+    (PFERR_SS_MASK, "SS"),
+    (PFERR_SGX_MASK, "SGX"),
+    (PFERR_RSVD_MASK, "RSVD"),
+    (PFERR_FETCH_MASK, "F"),
+)
+
+
+def spte_access_letters(host: Host, spte: int) -> str:
+    """The (rwxu) group of kvm_mmu_set_spte."""
+    r = "r" if host.shadow_present_mask or spte & PT_PRESENT_MASK else "-"
+    w = "w" if spte & PT_WRITABLE_MASK else "-"
+    if host.layout.trace_always_user_letter:
+        x_bits = host.shadow_x_mask | host.shadow_nx_mask
+        x = "x" if (spte & x_bits) == host.shadow_x_mask else "-"
+    else:
+        x = "x" if is_executable_pte(host, spte) else "-"
+    if host.layout.trace_always_user_letter or host.shadow_user_mask:
+        u = "u" if spte & (host.shadow_user_mask | host.shadow_xu_mask) else "-"
+    else:
+        u = ""
+    return r + w + x + u
+
+
+def kvm_mmu_set_spte(host: Host, gfn: int, spte: int, level: int, sptep_pa: int) -> str:
+    letters = spte_access_letters(host, spte)
+    return f"gfn {gfn:x} spte {spte:x} ({letters}) level {level} at {sptep_pa:x}"
+
+
+def mark_mmio_spte_fields(host: Host, spte: int) -> tuple[int, int]:
+    """(access, gen) as the tracepoint records them."""
+    return spte & host.layout.acc_all, get_mmio_spte_generation(host.layout, spte)
+
+
+def mark_mmio_spte(host: Host, gfn: int, spte: int, sptep: str = "") -> str:
+    access, gen = mark_mmio_spte_fields(host, spte)
+    tail = f"gfn {gfn:x} access {access:x} gen {gen:x}"
+    return f"sptep:{sptep} {tail}" if sptep else tail
+
+
+def handle_mmio_page_fault(addr: int, gfn: int, access: int) -> str:
+    return f"addr:{addr:x} gfn {gfn:x} access {access:x}"
+
+
+def check_mmio_spte(spte: int, kvm_gen: int, spte_gen: int) -> str:
+    valid = int(kvm_gen == spte_gen)
+    return f"spte {spte:x} kvm_gen {kvm_gen:x} spte-gen {spte_gen:x} valid {valid}"
+
+
+def spte_requested_pfn(gfn: int, fault_pfn: int, goal_level: int) -> int:
+    return fault_pfn | (gfn & (KVM_PAGES_PER_HPAGE(goal_level) - 1))
+
+
+def kvm_mmu_spte_requested(
+    host: Host, gfn: int, fault_pfn: int, goal_level: int, access: int | None = None
+) -> str:
+    pfn = spte_requested_pfn(gfn, fault_pfn, goal_level)
+    text = f"gfn {gfn:x} pfn {pfn:x} level {goal_level}"
+    if host.layout.trace_spte_requested_has_access:
+        text += f" access {(host.layout.acc_all if access is None else access):x}"
+    return text
+
+
+def kvm_tdp_mmu_spte_changed(as_id: int, gfn: int, level: int, old: int, new: int) -> str:
+    return f"as id {as_id} gfn {gfn:x} level {level} old_spte {old:x} new_spte {new:x}"
+
+
+def c_alt_hex(value: int) -> str:
+    """printf's %#llx: no 0x prefix for zero."""
+    return f"{value:#x}" if value else "0"
+
+
+def error_code_flags(error_code: int) -> str:
+    return "|".join(name for bit, name in PFERR_FLAG_NAMES if error_code & bit)
+
+
+def fast_page_fault(
+    vcpu_id: int, gpa: int, error_code: int, sptep: str, old: int, new: int, ret: int
+) -> str:
+    return (
+        f"vcpu {vcpu_id} gva {gpa:x} error_code {error_code_flags(error_code)} sptep {sptep} "
+        f"old {c_alt_hex(old)} new {new:x} spurious {int(ret == RET_PF_SPURIOUS)} "
+        f"fixed {int(ret == RET_PF_FIXED)}"
+    )
+
+
+def kvm_mmu_split_huge_page(gfn: int, spte: int, level: int, errno: int) -> str:
+    return f"gfn {gfn:x} spte {spte:x} level {level} errno {errno}"
+
+
+def page_role(host: Host, gfn: int, level: int, is_mirror: bool, access: int) -> str:
+    """A stable rendering of the role dump of kvm_mmu_get_page / prepare_zap_page."""
+    strings = host.layout.role_access_strings
+    acc = strings[access] if 0 <= access < len(strings) else f"{access:x}"
+    ad = "" if host.kvm_ad_enabled else "!"
+    mirror = " mirror" if is_mirror else ""
+    return f"sp gfn {gfn:x} l{level} direct {acc} nxe {ad}ad{mirror}"

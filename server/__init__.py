@@ -1,0 +1,1 @@
+"""The gRPC shell around mmu/: validation, conversion, concurrency, serving."""
