@@ -68,6 +68,7 @@ class HostConfig:
     eager_page_split: bool = True
     mbec: bool = False
     npt_gmet: bool = False
+    tdx_module: bool = False  # the CPU/BIOS provide TDX (a loaded TDX module)
 
     def validate(self) -> None:
         """Reject combinations no real host or kvm module set-up produces."""
@@ -106,6 +107,8 @@ class HostConfig:
             raise InvalidInput("must be 4 or 5", field="max_tdp_level")
         if not 1 <= self.tdp_huge_page_level <= 3:
             raise InvalidInput("must be 1 (4K), 2 (2M) or 3 (1G)", field="tdp_huge_page_level")
+        if self.tdx_module and self.cpu_vendor != "intel":
+            raise InvalidInput("TDX is an Intel feature", field="tdx_module")
         if self.tdp_mmu and self.mmu == "shadow":
             raise InvalidInput("the TDP MMU needs EPT or NPT", field="tdp_mmu")
 

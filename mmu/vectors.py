@@ -58,6 +58,9 @@ def host_config_from_case(config: dict[str, Any], **overrides: Any) -> HostConfi
             values[name] = hexint(value) if name == "host_sme_mask" else value
     # The vectors' TDP MMU is always on where TDP is.
     values.setdefault("tdp_mmu", config.get("mmu") != "shadow")
+    # The vectors model KVM's module gate only; they assume TDX hardware is
+    # present wherever an Intel host could run it.
+    values.setdefault("tdx_module", config.get("cpu_vendor") == "intel")
     values.update(overrides)
     return HostConfig(**values)
 

@@ -63,11 +63,12 @@ def unsupported_reason(host: Host, vm_type: VmType) -> str | None:
             return "KVM_X86_SW_PROTECTED_VM needs the TDP MMU (EPT or NPT with tdp_mmu on)"
         return None
     if vm_type == VmType.TDX:
-        if host.tdx_allowed:
+        if host.tdx_allowed and cfg.tdx_module:
             return None
         missing = [
             what
             for what, ok in (
+                ("TDX-capable hardware (host field tdx_module)", cfg.tdx_module),
                 ("an Intel host", cfg.cpu_vendor == "intel"),
                 ("EPT", cfg.mmu == "ept"),
                 ("the TDP MMU", cfg.tdp_mmu),
@@ -76,7 +77,7 @@ def unsupported_reason(host: Host, vm_type: VmType) -> str | None:
             )
             if not ok
         ]
-        return "TDX is disabled on this host (tdx_bringup needs " + ", ".join(missing) + ")"
+        return "TDX is not available on this host (it needs " + ", ".join(missing) + ")"
     # SEV family.
     if cfg.cpu_vendor != "amd" or cfg.mmu != "npt":
         return f"{vm_type.kernel_name} needs an AMD host with NPT"
