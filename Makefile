@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:50051
 STATE  ?= .kvmmu-state
 
-.PHONY: install run test lint typecheck proto proto-check unit bench clean
+.PHONY: install run test lint typecheck proto proto-check buf-lint unit bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ proto: $(STAMP)
 proto-check: $(STAMP)
 	$(PY) scripts/protogen.py --check
 
+# buf lint + format check + breaking check against main (scripts/buf.sh).
+buf-lint: $(STAMP)
+	BUF=$(BIN)/buf bash scripts/buf.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -40,7 +44,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-test: proto-check lint typecheck unit
+test: proto-check buf-lint lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) bench/spte.py

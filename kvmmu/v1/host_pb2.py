@@ -22,15 +22,36 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from kvmmu.v1 import vm_pb2 as kvmmu_dot_v1_dot_vm__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13kvmmu/v1/host.proto\x12\x08kvmmu.v1*[\n\x0cKernelLayout\x12\x1d\n\x19KERNEL_LAYOUT_UNSPECIFIED\x10\x00\x12\x14\n\x10KERNEL_LAYOUT_V6\x10\x01\x12\x16\n\x12KERNEL_LAYOUT_MBEC\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13kvmmu/v1/host.proto\x12\x08kvmmu.v1\x1a\x11kvmmu/v1/vm.proto\"\x98\x04\n\nHostConfig\x12-\n\rkernel_layout\x18\x01 \x01(\x0e\x32\x16.kvmmu.v1.KernelLayout\x12\'\n\ncpu_vendor\x18\x02 \x01(\x0e\x32\x13.kvmmu.v1.CpuVendor\x12\x1e\n\x03mmu\x18\x03 \x01(\x0e\x32\x11.kvmmu.v1.MmuKind\x12\x0f\n\x07\x61\x64_bits\x18\x04 \x01(\x08\x12\x15\n\rept_exec_only\x18\x05 \x01(\x08\x12\x11\n\tphys_bits\x18\x06 \x01(\r\x12\x12\n\nmaxphyaddr\x18\x07 \x01(\r\x12\x12\n\ncache_bits\x18\x08 \x01(\r\x12\x0c\n\x04l1tf\x18\t \x01(\x08\x12\x14\n\x0cmmio_caching\x18\n \x01(\x08\x12\x17\n\x0f\x61md_mem_encrypt\x18\x0b \x01(\x08\x12\x13\n\x0b\x61md_enc_bit\x18\x0c \x01(\r\x12\x15\n\rhost_sme_mask\x18\r \x01(\x04\x12\x15\n\rnx_huge_pages\x18\x0e \x01(\x08\x12\x15\n\rmax_tdp_level\x18\x0f \x01(\r\x12\x1b\n\x13tdp_huge_page_level\x18\x10 \x01(\r\x12\x0f\n\x07gbpages\x18\x11 \x01(\x08\x12\x0f\n\x07tdp_mmu\x18\x12 \x01(\x08\x12\x0b\n\x03pml\x18\x13 \x01(\x08\x12\x18\n\x10\x65\x61ger_page_split\x18\x14 \x01(\x08\x12\x0c\n\x04mbec\x18\x15 \x01(\x08\x12\x10\n\x08npt_gmet\x18\x16 \x01(\x08\x12\x12\n\ntdx_module\x18\x17 \x01(\x08\"\xa3\x06\n\x0bHostGlobals\x12\x1b\n\x13shadow_present_mask\x18\x01 \x01(\x04\x12\x18\n\x10shadow_user_mask\x18\x02 \x01(\x04\x12\x15\n\rshadow_x_mask\x18\x03 \x01(\x04\x12\x16\n\x0eshadow_xs_mask\x18\x04 \x01(\x04\x12\x16\n\x0eshadow_xu_mask\x18\x05 \x01(\x04\x12\x16\n\x0eshadow_nx_mask\x18\x06 \x01(\x04\x12\x1c\n\x14shadow_accessed_mask\x18\x07 \x01(\x04\x12\x19\n\x11shadow_dirty_mask\x18\x08 \x01(\x04\x12\x1d\n\x15shadow_acc_track_mask\x18\t \x01(\x04\x12!\n\x19shadow_host_writable_mask\x18\n \x01(\x04\x12 \n\x18shadow_mmu_writable_mask\x18\x0b \x01(\x04\x12\x17\n\x0fshadow_me_value\x18\x0c \x01(\x04\x12\x16\n\x0eshadow_me_mask\x18\r \x01(\x04\x12&\n\x1eshadow_nonpresent_or_rsvd_mask\x18\x0e \x01(\x04\x12\x30\n(shadow_nonpresent_or_rsvd_lower_gfn_mask\x18\x0f \x01(\x04\x12\x19\n\x11shadow_mmio_value\x18\x10 \x01(\x04\x12\x18\n\x10shadow_mmio_mask\x18\x11 \x01(\x04\x12\x1f\n\x17shadow_mmio_access_mask\x18\x12 \x01(\x04\x12\x1a\n\x12\x61llow_mmio_caching\x18\x13 \x01(\x08\x12\x1b\n\x13\x65nable_mmio_caching\x18\x14 \x01(\x08\x12\x16\n\x0ekvm_ad_enabled\x18\x15 \x01(\x08\x12\x1b\n\x13spte_base_addr_mask\x18\x16 \x01(\x04\x12\x17\n\x0fhas_get_mt_mask\x18\x17 \x01(\x08\x12\x1b\n\x13max_huge_page_level\x18\x18 \x01(\r\x12\x16\n\x0esev_es_allowed\x18\x19 \x01(\x08\x12\x13\n\x0btdx_allowed\x18\x1a \x01(\x08\x12\x16\n\x0esetup_warnings\x18\x1b \x03(\t\x12\x17\n\x0fkvm_mmu_max_gfn\x18\x1c \x01(\x04\"a\n\rVmTypeSupport\x12!\n\x07vm_type\x18\x01 \x01(\x0e\x32\x10.kvmmu.v1.VmType\x12\x11\n\tsupported\x18\x02 \x01(\x08\x12\x1a\n\x12unsupported_reason\x18\x03 \x01(\t\"\xb9\x01\n\x04Host\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x19\n\x11overridden_fields\x18\x03 \x03(\t\x12$\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x14.kvmmu.v1.HostConfig\x12&\n\x07globals\x18\x05 \x01(\x0b\x32\x15.kvmmu.v1.HostGlobals\x12)\n\x08vm_types\x18\x06 \x03(\x0b\x32\x17.kvmmu.v1.VmTypeSupport\"\xa9\x01\n\x0bHostProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12$\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x14.kvmmu.v1.HostConfig\x12&\n\x07globals\x18\x04 \x01(\x0b\x32\x15.kvmmu.v1.HostGlobals\x12)\n\x08vm_types\x18\x05 \x03(\x0b\x32\x17.kvmmu.v1.VmTypeSupport\"\x1e\n\x0eGetHostRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x17ListHostProfilesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x18ListHostProfilesResponse\x12,\n\rhost_profiles\x18\x01 \x03(\x0b\x32\x15.kvmmu.v1.HostProfile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*[\n\x0cKernelLayout\x12\x1d\n\x19KERNEL_LAYOUT_UNSPECIFIED\x10\x00\x12\x14\n\x10KERNEL_LAYOUT_V6\x10\x01\x12\x16\n\x12KERNEL_LAYOUT_MBEC\x10\x02*Q\n\tCpuVendor\x12\x1a\n\x16\x43PU_VENDOR_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43PU_VENDOR_INTEL\x10\x01\x12\x12\n\x0e\x43PU_VENDOR_AMD\x10\x02*\\\n\x07MmuKind\x12\x18\n\x14MMU_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cMMU_KIND_EPT\x10\x01\x12\x10\n\x0cMMU_KIND_NPT\x10\x02\x12\x13\n\x0fMMU_KIND_SHADOW\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvmmu.v1.host_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KERNELLAYOUT']._serialized_start=33
-  _globals['_KERNELLAYOUT']._serialized_end=124
+  _globals['_KERNELLAYOUT']._serialized_start=2053
+  _globals['_KERNELLAYOUT']._serialized_end=2144
+  _globals['_CPUVENDOR']._serialized_start=2146
+  _globals['_CPUVENDOR']._serialized_end=2227
+  _globals['_MMUKIND']._serialized_start=2229
+  _globals['_MMUKIND']._serialized_end=2321
+  _globals['_HOSTCONFIG']._serialized_start=53
+  _globals['_HOSTCONFIG']._serialized_end=589
+  _globals['_HOSTGLOBALS']._serialized_start=592
+  _globals['_HOSTGLOBALS']._serialized_end=1395
+  _globals['_VMTYPESUPPORT']._serialized_start=1397
+  _globals['_VMTYPESUPPORT']._serialized_end=1494
+  _globals['_HOST']._serialized_start=1497
+  _globals['_HOST']._serialized_end=1682
+  _globals['_HOSTPROFILE']._serialized_start=1685
+  _globals['_HOSTPROFILE']._serialized_end=1854
+  _globals['_GETHOSTREQUEST']._serialized_start=1856
+  _globals['_GETHOSTREQUEST']._serialized_end=1886
+  _globals['_LISTHOSTPROFILESREQUEST']._serialized_start=1888
+  _globals['_LISTHOSTPROFILESREQUEST']._serialized_end=1952
+  _globals['_LISTHOSTPROFILESRESPONSE']._serialized_start=1954
+  _globals['_LISTHOSTPROFILESRESPONSE']._serialized_end=2051
 # @@protoc_insertion_point(module_scope)

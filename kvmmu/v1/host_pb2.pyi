@@ -3,16 +3,20 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from kvmmu.v1 import vm_pb2 as _vm_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 10):
-    from typing import TypeAlias as _TypeAlias
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing_extensions import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -23,6 +27,7 @@ class _KernelLayout:
 class _KernelLayoutEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KernelLayout.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     KERNEL_LAYOUT_UNSPECIFIED: _KernelLayout.ValueType  # 0
+    """Not set; the server's default is KERNEL_LAYOUT_V6."""
     KERNEL_LAYOUT_V6: _KernelLayout.ValueType  # 1
     """Mainline from v6.x until the EPT-MBEC rework."""
     KERNEL_LAYOUT_MBEC: _KernelLayout.ValueType  # 2
@@ -32,8 +37,508 @@ class KernelLayout(_KernelLayout, metaclass=_KernelLayoutEnumTypeWrapper):
     """The host kernel's SPTE bit layout."""
 
 KERNEL_LAYOUT_UNSPECIFIED: KernelLayout.ValueType  # 0
+"""Not set; the server's default is KERNEL_LAYOUT_V6."""
 KERNEL_LAYOUT_V6: KernelLayout.ValueType  # 1
 """Mainline from v6.x until the EPT-MBEC rework."""
 KERNEL_LAYOUT_MBEC: KernelLayout.ValueType  # 2
 """Newest mainline with EPT mode-based execute control."""
 Global___KernelLayout: _TypeAlias = KernelLayout  # noqa: Y015
+
+class _CpuVendor:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CpuVendorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CpuVendor.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CPU_VENDOR_UNSPECIFIED: _CpuVendor.ValueType  # 0
+    """Not set."""
+    CPU_VENDOR_INTEL: _CpuVendor.ValueType  # 1
+    """Intel VMX (kvm_intel)."""
+    CPU_VENDOR_AMD: _CpuVendor.ValueType  # 2
+    """AMD SVM (kvm_amd)."""
+
+class CpuVendor(_CpuVendor, metaclass=_CpuVendorEnumTypeWrapper):
+    """The CPU vendor, i.e. which vendor module (kvm_intel or kvm_amd) is loaded."""
+
+CPU_VENDOR_UNSPECIFIED: CpuVendor.ValueType  # 0
+"""Not set."""
+CPU_VENDOR_INTEL: CpuVendor.ValueType  # 1
+"""Intel VMX (kvm_intel)."""
+CPU_VENDOR_AMD: CpuVendor.ValueType  # 2
+"""AMD SVM (kvm_amd)."""
+Global___CpuVendor: _TypeAlias = CpuVendor  # noqa: Y015
+
+class _MmuKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MmuKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MmuKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MMU_KIND_UNSPECIFIED: _MmuKind.ValueType  # 0
+    """Not set."""
+    MMU_KIND_EPT: _MmuKind.ValueType  # 1
+    """Intel Extended Page Tables (TDP)."""
+    MMU_KIND_NPT: _MmuKind.ValueType  # 2
+    """AMD Nested Page Tables (TDP)."""
+    MMU_KIND_SHADOW: _MmuKind.ValueType  # 3
+    """Shadow paging: TDP off, KVM shadows the guest's page tables."""
+
+class MmuKind(_MmuKind, metaclass=_MmuKindEnumTypeWrapper):
+    """Which paging mode KVM's MMU uses for guests (tdp_enabled and its flavour)."""
+
+MMU_KIND_UNSPECIFIED: MmuKind.ValueType  # 0
+"""Not set."""
+MMU_KIND_EPT: MmuKind.ValueType  # 1
+"""Intel Extended Page Tables (TDP)."""
+MMU_KIND_NPT: MmuKind.ValueType  # 2
+"""AMD Nested Page Tables (TDP)."""
+MMU_KIND_SHADOW: MmuKind.ValueType  # 3
+"""Shadow paging: TDP off, KVM shadows the guest's page tables."""
+Global___MmuKind: _TypeAlias = MmuKind  # noqa: Y015
+
+@_typing.final
+class HostConfig(_message.Message):
+    """The inputs of the kvm modules: CPU facts and module parameters (spec 2,
+    12.3). Every mask in HostGlobals is a pure function of these.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KERNEL_LAYOUT_FIELD_NUMBER: _builtins.int
+    CPU_VENDOR_FIELD_NUMBER: _builtins.int
+    MMU_FIELD_NUMBER: _builtins.int
+    AD_BITS_FIELD_NUMBER: _builtins.int
+    EPT_EXEC_ONLY_FIELD_NUMBER: _builtins.int
+    PHYS_BITS_FIELD_NUMBER: _builtins.int
+    MAXPHYADDR_FIELD_NUMBER: _builtins.int
+    CACHE_BITS_FIELD_NUMBER: _builtins.int
+    L1TF_FIELD_NUMBER: _builtins.int
+    MMIO_CACHING_FIELD_NUMBER: _builtins.int
+    AMD_MEM_ENCRYPT_FIELD_NUMBER: _builtins.int
+    AMD_ENC_BIT_FIELD_NUMBER: _builtins.int
+    HOST_SME_MASK_FIELD_NUMBER: _builtins.int
+    NX_HUGE_PAGES_FIELD_NUMBER: _builtins.int
+    MAX_TDP_LEVEL_FIELD_NUMBER: _builtins.int
+    TDP_HUGE_PAGE_LEVEL_FIELD_NUMBER: _builtins.int
+    GBPAGES_FIELD_NUMBER: _builtins.int
+    TDP_MMU_FIELD_NUMBER: _builtins.int
+    PML_FIELD_NUMBER: _builtins.int
+    EAGER_PAGE_SPLIT_FIELD_NUMBER: _builtins.int
+    MBEC_FIELD_NUMBER: _builtins.int
+    NPT_GMET_FIELD_NUMBER: _builtins.int
+    TDX_MODULE_FIELD_NUMBER: _builtins.int
+    kernel_layout: Global___KernelLayout.ValueType
+    """SPTE bit layout of the modelled kernel (v6 or MBEC)."""
+    cpu_vendor: Global___CpuVendor.ValueType
+    """CPU vendor: selects vmx_hardware_setup or svm_hardware_setup."""
+    mmu: Global___MmuKind.ValueType
+    """EPT, NPT or shadow paging (enable_ept / npt_enabled)."""
+    ad_bits: _builtins.bool
+    """EPT accessed/dirty flags enabled (kvm_intel.eptad); always true off EPT."""
+    ept_exec_only: _builtins.bool
+    """EPT supports execute-only entries (cpu_has_vmx_ept_execute_only())."""
+    phys_bits: _builtins.int
+    """boot_cpu_data.x86_phys_bits: PA width after SME/MKTME/TDX key bits."""
+    maxphyaddr: _builtins.int
+    """Raw CPUID MAXPHYADDR (kvm_host.maxphyaddr), before any reduction."""
+    cache_bits: _builtins.int
+    """boot_cpu_data.x86_cache_bits: PA width the L1 cache uses (L1TF)."""
+    l1tf: _builtins.bool
+    """The CPU has the L1TF bug (X86_BUG_L1TF)."""
+    mmio_caching: _builtins.bool
+    """The kvm.mmio_caching module parameter (allow_mmio_caching)."""
+    amd_mem_encrypt: _builtins.bool
+    """AMD: memory encryption enabled in SYSCFG (triggers svm_adjust_mmio_mask)."""
+    amd_enc_bit: _builtins.int
+    """AMD: position of the C-bit (CPUID 0x8000001F EBX[5:0])."""
+    host_sme_mask: _builtins.int
+    """AMD: sme_me_mask, 1 << amd_enc_bit when host SME is active, else 0."""
+    nx_huge_pages: _builtins.bool
+    """Effective kvm.nx_huge_pages (iTLB multihit mitigation)."""
+    max_tdp_level: _builtins.int
+    """EPT: highest supported EPT level; NPT: host paging depth (4 or 5)."""
+    tdp_huge_page_level: _builtins.int
+    """Largest TDP page level the hardware supports (1 4K, 2 2M, 3 1G)."""
+    gbpages: _builtins.bool
+    """The host supports 1 GiB pages (X86_FEATURE_GBPAGES)."""
+    tdp_mmu: _builtins.bool
+    """The kvm.tdp_mmu module parameter (the TDP MMU instead of the shadow MMU)."""
+    pml: _builtins.bool
+    """Intel Page-Modification Logging in use (kvm_intel.pml)."""
+    eager_page_split: _builtins.bool
+    """The kvm.eager_page_split module parameter."""
+    mbec: _builtins.bool
+    """MBEC layout: effective kvm_intel.mbec (EPT mode-based execute control)."""
+    npt_gmet: _builtins.bool
+    """MBEC layout: AMD NPT guest-mode execute trap ("TDP has SMEP")."""
+    tdx_module: _builtins.bool
+    """The CPU/BIOS provide TDX (a TDX module is loaded)."""
+    def __init__(
+        self,
+        *,
+        kernel_layout: Global___KernelLayout.ValueType = ...,
+        cpu_vendor: Global___CpuVendor.ValueType = ...,
+        mmu: Global___MmuKind.ValueType = ...,
+        ad_bits: _builtins.bool = ...,
+        ept_exec_only: _builtins.bool = ...,
+        phys_bits: _builtins.int = ...,
+        maxphyaddr: _builtins.int = ...,
+        cache_bits: _builtins.int = ...,
+        l1tf: _builtins.bool = ...,
+        mmio_caching: _builtins.bool = ...,
+        amd_mem_encrypt: _builtins.bool = ...,
+        amd_enc_bit: _builtins.int = ...,
+        host_sme_mask: _builtins.int = ...,
+        nx_huge_pages: _builtins.bool = ...,
+        max_tdp_level: _builtins.int = ...,
+        tdp_huge_page_level: _builtins.int = ...,
+        gbpages: _builtins.bool = ...,
+        tdp_mmu: _builtins.bool = ...,
+        pml: _builtins.bool = ...,
+        eager_page_split: _builtins.bool = ...,
+        mbec: _builtins.bool = ...,
+        npt_gmet: _builtins.bool = ...,
+        tdx_module: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ad_bits", b"ad_bits", "amd_enc_bit", b"amd_enc_bit", "amd_mem_encrypt", b"amd_mem_encrypt", "cache_bits", b"cache_bits", "cpu_vendor", b"cpu_vendor", "eager_page_split", b"eager_page_split", "ept_exec_only", b"ept_exec_only", "gbpages", b"gbpages", "host_sme_mask", b"host_sme_mask", "kernel_layout", b"kernel_layout", "l1tf", b"l1tf", "max_tdp_level", b"max_tdp_level", "maxphyaddr", b"maxphyaddr", "mbec", b"mbec", "mmio_caching", b"mmio_caching", "mmu", b"mmu", "npt_gmet", b"npt_gmet", "nx_huge_pages", b"nx_huge_pages", "phys_bits", b"phys_bits", "pml", b"pml", "tdp_huge_page_level", b"tdp_huge_page_level", "tdp_mmu", b"tdp_mmu", "tdx_module", b"tdx_module"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostConfig: _TypeAlias = HostConfig  # noqa: Y015
+
+@_typing.final
+class HostGlobals(_message.Message):
+    """The module-level globals KVM derives from HostConfig at module load
+    (kvm_mmu_reset_all_pte_masks, the vendor setup and the feature gates),
+    under the kernel's variable names.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHADOW_PRESENT_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_USER_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_X_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_XS_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_XU_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_NX_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_ACCESSED_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_DIRTY_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_ACC_TRACK_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_HOST_WRITABLE_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_MMU_WRITABLE_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_ME_VALUE_FIELD_NUMBER: _builtins.int
+    SHADOW_ME_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_NONPRESENT_OR_RSVD_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_NONPRESENT_OR_RSVD_LOWER_GFN_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_MMIO_VALUE_FIELD_NUMBER: _builtins.int
+    SHADOW_MMIO_MASK_FIELD_NUMBER: _builtins.int
+    SHADOW_MMIO_ACCESS_MASK_FIELD_NUMBER: _builtins.int
+    ALLOW_MMIO_CACHING_FIELD_NUMBER: _builtins.int
+    ENABLE_MMIO_CACHING_FIELD_NUMBER: _builtins.int
+    KVM_AD_ENABLED_FIELD_NUMBER: _builtins.int
+    SPTE_BASE_ADDR_MASK_FIELD_NUMBER: _builtins.int
+    HAS_GET_MT_MASK_FIELD_NUMBER: _builtins.int
+    MAX_HUGE_PAGE_LEVEL_FIELD_NUMBER: _builtins.int
+    SEV_ES_ALLOWED_FIELD_NUMBER: _builtins.int
+    TDX_ALLOWED_FIELD_NUMBER: _builtins.int
+    SETUP_WARNINGS_FIELD_NUMBER: _builtins.int
+    KVM_MMU_MAX_GFN_FIELD_NUMBER: _builtins.int
+    shadow_present_mask: _builtins.int
+    """shadow_present_mask: bits set in every shadow-present SPTE."""
+    shadow_user_mask: _builtins.int
+    """shadow_user_mask: ACC_USER (NPT/shadow U bit; EPT R bit in v6, 0 in MBEC)."""
+    shadow_x_mask: _builtins.int
+    """shadow_x_mask: executable bit (EPT X; 0 off EPT); mbec's shadow_xs_mask."""
+    shadow_xs_mask: _builtins.int
+    """shadow_xs_mask (MBEC name): EPT supervisor-execute; same as shadow_x_mask."""
+    shadow_xu_mask: _builtins.int
+    """shadow_xu_mask (MBEC): EPT user-execute bit 10; 0 in v6 and off EPT."""
+    shadow_nx_mask: _builtins.int
+    """shadow_nx_mask: no-execute bit (bit 63 off EPT; 0 on EPT)."""
+    shadow_accessed_mask: _builtins.int
+    """shadow_accessed_mask: the A bit KVM uses (EPT 0x100, else 0x20)."""
+    shadow_dirty_mask: _builtins.int
+    """shadow_dirty_mask: the D bit KVM uses (EPT 0x200, else 0x40)."""
+    shadow_acc_track_mask: _builtins.int
+    """shadow_acc_track_mask: permission bits removed by access tracking."""
+    shadow_host_writable_mask: _builtins.int
+    """shadow_host_writable_mask: software bit "the host page is writable"."""
+    shadow_mmu_writable_mask: _builtins.int
+    """shadow_mmu_writable_mask: software bit "KVM may make this writable"."""
+    shadow_me_value: _builtins.int
+    """shadow_me_value: encryption bits ORed into every leaf (AMD C-bit)."""
+    shadow_me_mask: _builtins.int
+    """shadow_me_mask: encryption/key-ID bits (reserved-bit checks)."""
+    shadow_nonpresent_or_rsvd_mask: _builtins.int
+    """shadow_nonpresent_or_rsvd_mask: L1TF relocation bits of MMIO SPTEs."""
+    shadow_nonpresent_or_rsvd_lower_gfn_mask: _builtins.int
+    """shadow_nonpresent_or_rsvd_lower_gfn_mask: GPA bits kept in place in MMIO SPTEs."""
+    shadow_mmio_value: _builtins.int
+    """shadow_mmio_value: the global MMIO pattern (new VMs copy it)."""
+    shadow_mmio_mask: _builtins.int
+    """shadow_mmio_mask: bits compared against the MMIO value (is_mmio_spte)."""
+    shadow_mmio_access_mask: _builtins.int
+    """shadow_mmio_access_mask: access bits stored in MMIO SPTEs."""
+    allow_mmio_caching: _builtins.bool
+    """allow_mmio_caching: the user's wish (kvm.mmio_caching)."""
+    enable_mmio_caching: _builtins.bool
+    """enable_mmio_caching: the final MMIO-caching state after all setters."""
+    kvm_ad_enabled: _builtins.bool
+    """kvm_ad_enabled: KVM uses hardware A/D bits."""
+    spte_base_addr_mask: _builtins.int
+    """SPTE_BASE_ADDR_MASK as spte_to_pfn uses it (SME C-bit removed)."""
+    has_get_mt_mask: _builtins.bool
+    """The vendor get_mt_mask hook exists (EPT): leaves carry memory-type bits."""
+    max_huge_page_level: _builtins.int
+    """KVM's maximum mapping level (1 4K, 2 2M, 3 1G)."""
+    sev_es_allowed: _builtins.bool
+    """sev_hardware_setup's gate: SEV-ES and SNP VMs are offered."""
+    tdx_allowed: _builtins.bool
+    """tdx_bringup's gate: EPT, TDP MMU, A/D bits and MMIO caching all present."""
+    kvm_mmu_max_gfn: _builtins.int
+    """kvm_mmu_max_gfn(): highest GFN a TDP MMU maps, 2^(maxphyaddr-12) - 1."""
+    @_builtins.property
+    def setup_warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the WARNs fired during set-up, in order (e.g. "l1tf_cache_bits_too_large")."""
+
+    def __init__(
+        self,
+        *,
+        shadow_present_mask: _builtins.int = ...,
+        shadow_user_mask: _builtins.int = ...,
+        shadow_x_mask: _builtins.int = ...,
+        shadow_xs_mask: _builtins.int = ...,
+        shadow_xu_mask: _builtins.int = ...,
+        shadow_nx_mask: _builtins.int = ...,
+        shadow_accessed_mask: _builtins.int = ...,
+        shadow_dirty_mask: _builtins.int = ...,
+        shadow_acc_track_mask: _builtins.int = ...,
+        shadow_host_writable_mask: _builtins.int = ...,
+        shadow_mmu_writable_mask: _builtins.int = ...,
+        shadow_me_value: _builtins.int = ...,
+        shadow_me_mask: _builtins.int = ...,
+        shadow_nonpresent_or_rsvd_mask: _builtins.int = ...,
+        shadow_nonpresent_or_rsvd_lower_gfn_mask: _builtins.int = ...,
+        shadow_mmio_value: _builtins.int = ...,
+        shadow_mmio_mask: _builtins.int = ...,
+        shadow_mmio_access_mask: _builtins.int = ...,
+        allow_mmio_caching: _builtins.bool = ...,
+        enable_mmio_caching: _builtins.bool = ...,
+        kvm_ad_enabled: _builtins.bool = ...,
+        spte_base_addr_mask: _builtins.int = ...,
+        has_get_mt_mask: _builtins.bool = ...,
+        max_huge_page_level: _builtins.int = ...,
+        sev_es_allowed: _builtins.bool = ...,
+        tdx_allowed: _builtins.bool = ...,
+        setup_warnings: _abc.Iterable[_builtins.str] | None = ...,
+        kvm_mmu_max_gfn: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_mmio_caching", b"allow_mmio_caching", "enable_mmio_caching", b"enable_mmio_caching", "has_get_mt_mask", b"has_get_mt_mask", "kvm_ad_enabled", b"kvm_ad_enabled", "kvm_mmu_max_gfn", b"kvm_mmu_max_gfn", "max_huge_page_level", b"max_huge_page_level", "setup_warnings", b"setup_warnings", "sev_es_allowed", b"sev_es_allowed", "shadow_acc_track_mask", b"shadow_acc_track_mask", "shadow_accessed_mask", b"shadow_accessed_mask", "shadow_dirty_mask", b"shadow_dirty_mask", "shadow_host_writable_mask", b"shadow_host_writable_mask", "shadow_me_mask", b"shadow_me_mask", "shadow_me_value", b"shadow_me_value", "shadow_mmio_access_mask", b"shadow_mmio_access_mask", "shadow_mmio_mask", b"shadow_mmio_mask", "shadow_mmio_value", b"shadow_mmio_value", "shadow_mmu_writable_mask", b"shadow_mmu_writable_mask", "shadow_nonpresent_or_rsvd_lower_gfn_mask", b"shadow_nonpresent_or_rsvd_lower_gfn_mask", "shadow_nonpresent_or_rsvd_mask", b"shadow_nonpresent_or_rsvd_mask", "shadow_nx_mask", b"shadow_nx_mask", "shadow_present_mask", b"shadow_present_mask", "shadow_user_mask", b"shadow_user_mask", "shadow_x_mask", b"shadow_x_mask", "shadow_xs_mask", b"shadow_xs_mask", "shadow_xu_mask", b"shadow_xu_mask", "spte_base_addr_mask", b"spte_base_addr_mask", "tdx_allowed", b"tdx_allowed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostGlobals: _TypeAlias = HostGlobals  # noqa: Y015
+
+@_typing.final
+class VmTypeSupport(_message.Message):
+    """Whether a host offers one VM type (the module-level gates of spec 2.7)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_TYPE_FIELD_NUMBER: _builtins.int
+    SUPPORTED_FIELD_NUMBER: _builtins.int
+    UNSUPPORTED_REASON_FIELD_NUMBER: _builtins.int
+    vm_type: _vm_pb2.VmType.ValueType
+    """The VM type this entry describes."""
+    supported: _builtins.bool
+    """True if KVM_CREATE_VM with this type would succeed on the host."""
+    unsupported_reason: _builtins.str
+    """Empty when supported; otherwise which requirement is missing."""
+    def __init__(
+        self,
+        *,
+        vm_type: _vm_pb2.VmType.ValueType = ...,
+        supported: _builtins.bool = ...,
+        unsupported_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["supported", b"supported", "unsupported_reason", b"unsupported_reason", "vm_type", b"vm_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VmTypeSupport: _TypeAlias = VmTypeSupport  # noqa: Y015
+
+@_typing.final
+class Host(_message.Message):
+    """The singleton host resource "host": the server's kvm module configuration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    OVERRIDDEN_FIELDS_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    GLOBALS_FIELD_NUMBER: _builtins.int
+    VM_TYPES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, always "host"."""
+    profile: _builtins.str
+    """The profile the configuration started from, "hostProfiles/{profile}"."""
+    @_builtins.property
+    def overridden_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of HostConfig fields overridden at server start (differ from the profile)."""
+
+    @_builtins.property
+    def config(self) -> Global___HostConfig:
+        """Every input of the module set-up."""
+
+    @_builtins.property
+    def globals(self) -> Global___HostGlobals:
+        """Every global KVM derived from config."""
+
+    @_builtins.property
+    def vm_types(self) -> _containers.RepeatedCompositeFieldContainer[Global___VmTypeSupport]:
+        """Each VM type, in VmType order, with whether the host offers it."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        profile: _builtins.str = ...,
+        overridden_fields: _abc.Iterable[_builtins.str] | None = ...,
+        config: Global___HostConfig | None = ...,
+        globals: Global___HostGlobals | None = ...,
+        vm_types: _abc.Iterable[Global___VmTypeSupport] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "globals", b"globals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "globals", b"globals", "name", b"name", "overridden_fields", b"overridden_fields", "profile", b"profile", "vm_types", b"vm_types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Host: _TypeAlias = Host  # noqa: Y015
+
+@_typing.final
+class HostProfile(_message.Message):
+    """A ready-made host configuration, "hostProfiles/{profile}"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    GLOBALS_FIELD_NUMBER: _builtins.int
+    VM_TYPES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, "hostProfiles/{profile}" (e.g. "hostProfiles/intel-ept")."""
+    description: _builtins.str
+    """What real CPU generation it resembles and why its numbers are what they are."""
+    @_builtins.property
+    def config(self) -> Global___HostConfig:
+        """The profile's module inputs."""
+
+    @_builtins.property
+    def globals(self) -> Global___HostGlobals:
+        """The globals KVM derives from config."""
+
+    @_builtins.property
+    def vm_types(self) -> _containers.RepeatedCompositeFieldContainer[Global___VmTypeSupport]:
+        """Each VM type, in VmType order, with whether this profile offers it."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        config: Global___HostConfig | None = ...,
+        globals: Global___HostGlobals | None = ...,
+        vm_types: _abc.Iterable[Global___VmTypeSupport] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "globals", b"globals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "description", b"description", "globals", b"globals", "name", b"name", "vm_types", b"vm_types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostProfile: _TypeAlias = HostProfile  # noqa: Y015
+
+@_typing.final
+class GetHostRequest(_message.Message):
+    """Request of GetHost (AIP-131 on the singleton "host")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name of the host, "host" (empty is accepted as "host")."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHostRequest: _TypeAlias = GetHostRequest  # noqa: Y015
+
+@_typing.final
+class ListHostProfilesRequest(_message.Message):
+    """Request of ListHostProfiles (AIP-132, AIP-158)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum profiles to return; 0 means the server default, larger values are capped."""
+    page_token: _builtins.str
+    """next_page_token of a previous call, or empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHostProfilesRequest: _TypeAlias = ListHostProfilesRequest  # noqa: Y015
+
+@_typing.final
+class ListHostProfilesResponse(_message.Message):
+    """Response of ListHostProfiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_PROFILES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def host_profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostProfile]:
+        """Profiles of this page, ordered by name."""
+
+    def __init__(
+        self,
+        *,
+        host_profiles: _abc.Iterable[Global___HostProfile] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host_profiles", b"host_profiles", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHostProfilesResponse: _TypeAlias = ListHostProfilesResponse  # noqa: Y015
