@@ -18,7 +18,6 @@ from typing import Any
 
 from mmu import mmio, spte, trace
 from mmu.constants import RET_PF_EMULATE, RET_PF_NAMES
-from mmu.errors import ModelError
 from mmu.host import Host, kvm_mmu_set_me_spte_mask
 from mmu.permissions import tdp_root_permissions
 from mmu.vectors import Case, diff, hexint, host_from_case, load_cases, vm_type_of
@@ -315,6 +314,12 @@ def fn_trace_spte_requested(case: Case, host: Host, vm: VmView) -> dict[str, Any
     }
 
 
+def fn_tdp_scenario(case: Case, host: Host, vm: VmView) -> dict[str, Any]:
+    from mmu.scenario_vectors import run_tdp_scenario  # noqa: PLC0415 - the TDP MMU is big
+
+    return run_tdp_scenario(case)
+
+
 HANDLERS: dict[str, Handler] = {
     "derive_host_config": fn_derive_host_config,
     "tdp_rsvd_bits_masks": fn_tdp_rsvd_bits_masks,
@@ -338,6 +343,7 @@ HANDLERS: dict[str, Handler] = {
     "spte_index": fn_spte_index,
     "trace_kvm_tdp_mmu_spte_changed": fn_trace_spte_changed,
     "trace_kvm_mmu_spte_requested": fn_trace_spte_requested,
+    "tdp_scenario": fn_tdp_scenario,
 }
 
 
@@ -356,7 +362,7 @@ def run_case(case: Case, host_cache: dict[str, Host] | None = None) -> list[str]
         vm = VmView.for_type(host, vm_type_of(case.config))
         problems = check_derived(case, host, vm)
         got = handler(case, host, vm)
-    except (ModelError, KeyError, ValueError, TypeError, AssertionError) as exc:
+    except Exception as exc:
         return [f"raised {type(exc).__name__}: {exc}"]
     return problems + diff(case.expected, got)
 

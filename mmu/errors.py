@@ -18,10 +18,11 @@ from __future__ import annotations
 class ModelError(Exception):
     """Base class; `field` names the offending input when there is one."""
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, errno: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.errno = errno  # the kernel's answer, e.g. "EINVAL", when KVM has one
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
@@ -47,5 +48,5 @@ class LimitExceeded(ModelError):
     """A configured limit would be exceeded; `limit` names it."""
 
     def __init__(self, message: str, *, limit: str, field: str | None = None) -> None:
-        super().__init__(message, field=field)
+        super().__init__(message, field=field, errno="ENOSPC")
         self.limit = limit
