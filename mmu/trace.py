@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from mmu.constants import (
     KVM_PAGES_PER_HPAGE,
@@ -125,3 +125,67 @@ def page_role(host: Host, gfn: int, level: int, is_mirror: bool, access: int) ->
     ad = "" if host.kvm_ad_enabled else "!"
     mirror = " mirror" if is_mirror else ""
     return f"sp gfn {gfn:x} l{level} direct {acc} nxe {ad}ad{mirror}"
+
+
+def format_event(host: Host, event: tuple[Any, ...]) -> str:
+    """The text a kernel trace would show after `kvmmmu: <name>: ` for this event."""
+    name, *fields = event
+    f: list[Any] = list(fields)
+    if name == "kvm_mmu_set_spte":
+        gfn, spte, level, sptep = (int(x) for x in f)
+        return kvm_mmu_set_spte(host, gfn, spte, level, sptep)
+    if name == "mark_mmio_spte":
+        gfn, access, gen, sptep = (int(x) for x in f)
+        return f"sptep:{sptep:#x} gfn {gfn:x} access {access:x} gen {gen:x}"
+    if name == "kvm_mmu_spte_requested":
+        gfn, pfn, level, access = (int(x) for x in f)
+        text = f"gfn {gfn:x} pfn {pfn:x} level {level}"
+        if host.layout.trace_spte_requested_has_access:
+            text += f" access {access:x}"
+        return text
+    if name == "kvm_tdp_mmu_spte_changed":
+        as_id, gfn, level, old, new = (int(x) for x in f)
+        return kvm_tdp_mmu_spte_changed(as_id, gfn, level, old, new)
+    if name == "check_mmio_spte":
+        spte, kvm_gen, spte_gen, _valid = (int(x) for x in f)
+        return check_mmio_spte(spte, kvm_gen, spte_gen)
+    if name == "handle_mmio_page_fault":
+        addr, gfn, access = (int(x) for x in f)
+        return handle_mmio_page_fault(addr, gfn, access)
+    if name == "fast_page_fault":
+        gpa, error_code, old, new, ret, sptep = f
+        code = {"RET_PF_SPURIOUS": RET_PF_SPURIOUS, "RET_PF_FIXED": RET_PF_FIXED}.get(str(ret), 0)
+        return fast_page_fault(
+            0,
+            int(gpa),
+            int(error_code),
+            f"{int(sptep):#x}",
+            int(old),
+            int(new),
+            code,
+        )
+    if name == "kvm_mmu_split_huge_page":
+        gfn, spte, level, errno = (int(x) for x in f)
+        return kvm_mmu_split_huge_page(gfn, spte, level, errno)
+    if name in ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page"):
+        gfn, level, mirror, access = f
+        role = page_role(host, int(gfn), int(level), bool(mirror), int(access))
+        return f"{role} new" if name == "kvm_mmu_get_page" else role
+    if name == "kvm_mmu_zap_all_fast":
+        return ""
+    return " ".join(str(x) for x in f)
+
+
+def ftrace_line(
+    host: Host,
+    event: tuple[Any, ...],
+    *,
+    task: str = "kvmmu",
+    cpu: int = 0,
+    timestamp: float = 0.0,
+) -> str:
+    """A full ftrace line, as `cat trace` would print it."""
+    return (
+        f"{task:>16}-0     [{cpu:03d}] .....  {timestamp:12.6f}: {event[0]}: "
+        f"{format_event(host, event)}"
+    )
