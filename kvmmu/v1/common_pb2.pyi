@@ -67,6 +67,10 @@ class _FaultOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FaultOut
     """RET_PF_FIXED: a new or changed SPTE now maps the GFN."""
     FAULT_OUTCOME_SPURIOUS: _FaultOutcome.ValueType  # 6
     """RET_PF_SPURIOUS: the existing SPTE already allowed the access."""
+    FAULT_OUTCOME_ENOMEM: _FaultOutcome.ValueType  # 12
+    """-ENOMEM (errno 12): mmu_topup_memory_caches could not get page-table pages,
+    i.e. the VM reached the server's limit of page tables per VM; nothing was mapped.
+    """
     FAULT_OUTCOME_EFAULT: _FaultOutcome.ValueType  # 14
     """-EFAULT (errno 14): a KVM_EXIT_MEMORY_FAULT to userspace (private/shared
     mismatch, private GPA without a guest_memfd slot) or RSVD with PRIVATE.
@@ -101,6 +105,10 @@ FAULT_OUTCOME_FIXED: FaultOutcome.ValueType  # 5
 """RET_PF_FIXED: a new or changed SPTE now maps the GFN."""
 FAULT_OUTCOME_SPURIOUS: FaultOutcome.ValueType  # 6
 """RET_PF_SPURIOUS: the existing SPTE already allowed the access."""
+FAULT_OUTCOME_ENOMEM: FaultOutcome.ValueType  # 12
+"""-ENOMEM (errno 12): mmu_topup_memory_caches could not get page-table pages,
+i.e. the VM reached the server's limit of page tables per VM; nothing was mapped.
+"""
 FAULT_OUTCOME_EFAULT: FaultOutcome.ValueType  # 14
 """-EFAULT (errno 14): a KVM_EXIT_MEMORY_FAULT to userspace (private/shared
 mismatch, private GPA without a guest_memfd slot) or RSVD with PRIVATE.
