@@ -7,6 +7,7 @@ listening: a context without an event list records nothing but counts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -65,6 +66,7 @@ class OpContext:
         if self.events is not None:
             self.events.append(event)
 
-    def step(self, function: str, text: str) -> None:
+    def step(self, function: str, text: Callable[[], str]) -> None:
+        """Record a decision; `text` is only evaluated when explaining."""
         if self.explain is not None:
-            self.explain.append(ExplainStep(function, text))
+            self.explain.append(ExplainStep(function, text()))

@@ -48,11 +48,11 @@ from mmu.spte import (
     is_access_track_spte,
     is_executable_pte,
     is_mmu_writable_spte,
-    make_spte,
+    make_spte_args,
     restore_acc_track_spte,
 )
 from mmu.state import MmioCache, VmState
-from mmu.tdp_iter import TdpIter
+from mmu.tdp_iter import GfnWalk
 from mmu.tdp_mmu import (
     KvmBug,
     alloc_table,
@@ -62,7 +62,6 @@ from mmu.tdp_mmu import (
     split_huge_page,
     track_possible_nx_huge_page,
 )
-from mmu.vmtypes import VmType
 
 
 class Outcome(StrEnum):
@@ -77,6 +76,7 @@ class Outcome(StrEnum):
     CONTINUE = "RET_PF_CONTINUE"
     EFAULT = "EFAULT"
     EINVAL = "EINVAL"
+    ENOMEM = "ENOMEM"  # mmu_topup_memory_caches failed: the VM's page-table limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,24 +194,30 @@ def handle_mmio_page_fault(state: VmState, ctx: OpContext, gpa: int, res: FaultR
         and cache.generation == state.generation
     ):
         res.mmio_cache_hit = True
-        ctx.step("mmio_info_in_cache", f"vCPU MMIO cache hit for GFN {gfn:#x}: emulate")
+        if ctx.explain is not None:
+            ctx.step("mmio_info_in_cache", lambda: f"vCPU MMIO cache hit for GFN {gfn:#x}: emulate")
         return Outcome.EMULATE
     root = state.direct_root
     assert root is not None
-    it = TdpIter(state, TREE_DIRECT, root, PG_LEVEL_4K, gfn, gfn + 1)
+    it = GfnWalk(state, TREE_DIRECT, root, gfn)
     sptes: dict[int, int] = {}
     leaf = -1
-    while it.valid and it.gfn < gfn + 1:
+    while it.valid:
         leaf = it.level
         sptes[leaf] = it.old_spte
-        it.next()
+        if not it.descend():
+            break
     spte = sptes[leaf] if leaf > 0 else 0
-    ctx.step(
-        "get_mmio_spte",
-        f"lockless walk of the direct root for GFN {gfn:#x} ended at level {leaf}: SPTE {spte:#x}"
-        if leaf > 0
-        else f"the TDP iterator refuses GFN {gfn:#x} (it has the shared bit): SPTE 0",
-    )
+    if ctx.explain is not None:
+        ctx.step(
+            "get_mmio_spte",
+            lambda: (
+                f"lockless walk of the direct root for GFN {gfn:#x} ended at level {leaf}: "
+                f"SPTE {spte:#x}"
+                if leaf > 0
+                else f"the TDP iterator refuses GFN {gfn:#x} (it has the shared bit): SPTE 0"
+            ),
+        )
     if leaf > 0:
         lowest = leaf if _present(spte) else leaf + 1
         rsvd = state.host.rsvd
@@ -220,7 +226,8 @@ def handle_mmio_page_fault(state: VmState, ctx: OpContext, gpa: int, res: FaultR
             for level in range(state.root_level, lowest - 1, -1)
         ):
             ctx.warnings.append("reserved_bits_on_mmio_walk")
-            ctx.step("get_mmio_spte", "reserved bits set on the walk: WARN, -EINVAL")
+            if ctx.explain is not None:
+                ctx.step("get_mmio_spte", lambda: "reserved bits set on the walk: WARN, -EINVAL")
             return Outcome.EINVAL
         res.level, res.spte = leaf, spte
     else:
@@ -230,16 +237,25 @@ def handle_mmio_page_fault(state: VmState, ctx: OpContext, gpa: int, res: FaultR
         if leaf_result.result == RET_PF_EMULATE:
             ctx.emit("handle_mmio_page_fault", 0, leaf_result.gfn, leaf_result.access)
             fill_mmio_cache(state, leaf_result.gfn, leaf_result.access)
-            ctx.step(
-                "handle_mmio_page_fault",
-                f"MMIO SPTE of this VM, generation current: emulate GFN {leaf_result.gfn:#x}",
-            )
+            if ctx.explain is not None:
+                ctx.step(
+                    "handle_mmio_page_fault",
+                    lambda: (
+                        f"MMIO SPTE of this VM, current generation: emulate "
+                        f"GFN {leaf_result.gfn:#x}"
+                    ),
+                )
             return Outcome.EMULATE
-        ctx.step("check_mmio_spte", "MMIO SPTE with a stale generation: take the normal path")
+        if ctx.explain is not None:
+            ctx.step(
+                "check_mmio_spte", lambda: "MMIO SPTE with a stale generation: take the normal path"
+            )
         return Outcome.INVALID
-    ctx.step(
-        "handle_mmio_page_fault", "not an MMIO SPTE of this VM (zapped or another value): retry"
-    )
+    if ctx.explain is not None:
+        ctx.step(
+            "handle_mmio_page_fault",
+            lambda: "not an MMIO SPTE of this VM (zapped or another value): retry",
+        )
     return Outcome.RETRY
 
 
@@ -275,12 +291,10 @@ def fast_page_fault(
     host = state.host
     root = state.direct_root
     assert root is not None
-    it = TdpIter(state, TREE_DIRECT, root, PG_LEVEL_4K, fault.gfn, fault.gfn + 1)
-    slot = index = level = -1
-    spte = 0
-    while it.valid and it.gfn < fault.gfn + 1:
-        slot, index, level, spte = it.slot, it.index, it.level, it.old_spte
-        it.next()
+    it = GfnWalk(state, TREE_DIRECT, root, fault.gfn)
+    while it.descend():
+        pass
+    slot, index, level, spte = it.slot, it.index, it.level, it.old_spte
     ret = Outcome.INVALID
     new = spte
     if _present(spte) and _is_last(spte, level):
@@ -297,7 +311,7 @@ def fast_page_fault(
                     level > PG_LEVEL_4K and fault.slot is not None and fault.slot.slot.log_dirty
                 )
             if not give_up and new != spte and is_access_allowed(state, fault, new):
-                state.pool.entries[slot, index] = new
+                state.pool.flat[(slot << 9) | index] = new
                 if (
                     new & PT_WRITABLE_MASK
                     and not spte & PT_WRITABLE_MASK
@@ -308,11 +322,14 @@ def fast_page_fault(
     current = new if ret == Outcome.FIXED else spte
     sptep = state.pool.pa(slot) + 8 * index if slot >= 0 else 0
     ctx.emit("fast_page_fault", fault.addr, fault.error_code, spte, current, ret.value, sptep)
-    ctx.step(
-        "fast_page_fault",
-        f"lockless fast path on SPTE {spte:#x} at level {level}: {ret.value}"
-        + (f" (now {current:#x})" if ret == Outcome.FIXED else ""),
-    )
+    if ctx.explain is not None:
+        ctx.step(
+            "fast_page_fault",
+            lambda: (
+                f"lockless fast path on SPTE {spte:#x} at level {level}: {ret.value}"
+                + (f" (now {current:#x})" if ret == Outcome.FIXED else "")
+            ),
+        )
     if ret != Outcome.INVALID:
         state.stats.pf_fast += 1
         res.level, res.spte = level, current
@@ -325,52 +342,81 @@ def fast_page_fault(
 def faultin_pfn(state: VmState, ctx: OpContext, fault: PageFault, res: FaultResult) -> Outcome:
     host = state.host
     if fault.is_private != state.mem_is_private(fault.gfn):
-        ctx.step(
-            "kvm_mmu_faultin_pfn",
-            f"{'private' if fault.is_private else 'shared'} fault on a GFN whose attribute is "
-            f"{'private' if state.mem_is_private(fault.gfn) else 'shared'}: memory-fault exit",
-        )
+        if ctx.explain is not None:
+            ctx.step(
+                "kvm_mmu_faultin_pfn",
+                lambda: (
+                    f"{'private' if fault.is_private else 'shared'} fault on a GFN whose "
+                    f"attribute is {'private' if state.mem_is_private(fault.gfn) else 'shared'}: "
+                    "memory-fault exit"
+                ),
+            )
         return memory_fault_exit(fault, res)
     slot = fault.slot
     if slot is None:
         if fault.is_private:
-            ctx.step(
-                "kvm_handle_noslot_fault", "private fault without a memslot: memory-fault exit"
-            )
+            if ctx.explain is not None:
+                ctx.step(
+                    "kvm_handle_noslot_fault",
+                    lambda: "private fault without a memslot: memory-fault exit",
+                )
             return memory_fault_exit(fault, res)
         fill_mmio_cache(state, fault.gfn, state.root_access & host.shadow_mmio_access_mask)
         fault.pfn = KVM_PFN_NOSLOT
         fault.map_writable = False
         if not host.enable_mmio_caching:
-            ctx.step("kvm_handle_noslot_fault", "no memslot and MMIO caching disabled: emulate")
+            if ctx.explain is not None:
+                ctx.step(
+                    "kvm_handle_noslot_fault",
+                    lambda: "no memslot and MMIO caching disabled: emulate",
+                )
             return Outcome.EMULATE
         if fault.gfn > host.kvm_mmu_max_gfn:
-            ctx.step(
-                "kvm_handle_noslot_fault", "no memslot and GFN above kvm_mmu_max_gfn(): emulate"
-            )
+            if ctx.explain is not None:
+                ctx.step(
+                    "kvm_handle_noslot_fault",
+                    lambda: "no memslot and GFN above kvm_mmu_max_gfn(): emulate",
+                )
             return Outcome.EMULATE
-        ctx.step("kvm_handle_noslot_fault", "no memslot: an MMIO SPTE will be installed")
+        if ctx.explain is not None:
+            ctx.step(
+                "kvm_handle_noslot_fault", lambda: "no memslot: an MMIO SPTE will be installed"
+            )
         return Outcome.CONTINUE
     memslot = slot.slot
     if fault.is_private:
         if not memslot.guest_memfd or memslot.gmem_pfn_base is None:
-            ctx.step("kvm_mmu_faultin_pfn_gmem", "private fault on a slot without guest_memfd")
+            if ctx.explain is not None:
+                ctx.step(
+                    "kvm_mmu_faultin_pfn_gmem",
+                    lambda: "private fault on a slot without guest_memfd",
+                )
             return memory_fault_exit(fault, res)
         fault.pfn = memslot.gmem_pfn_base + (fault.gfn - memslot.base_gfn)
         fault.map_writable = not memslot.readonly
         fault.max_level = PG_LEVEL_4K  # order-0 guest_memfd folios
-        ctx.step("kvm_gmem_get_pfn", f"guest_memfd PFN {fault.pfn:#x}, order 0: 4K only")
+        if ctx.explain is not None:
+            ctx.step(
+                "kvm_gmem_get_pfn", lambda: f"guest_memfd PFN {fault.pfn:#x}, order 0: 4K only"
+            )
         return Outcome.CONTINUE
     if fault.write and memslot.readonly:
-        ctx.step("kvm_handle_error_pfn", "write to a read-only memslot: emulate (no SPTE)")
+        if ctx.explain is not None:
+            ctx.step(
+                "kvm_handle_error_pfn", lambda: "write to a read-only memslot: emulate (no SPTE)"
+            )
         return Outcome.EMULATE
     fault.pfn = memslot.host_pfn_base + (fault.gfn - memslot.base_gfn)
     fault.map_writable = not memslot.readonly
-    ctx.step(
-        "__kvm_faultin_pfn",
-        f"memslot {memslot.id} (generation {state.generation:#x}): host PFN {fault.pfn:#x}, "
-        f"{'writable' if fault.map_writable else 'read-only'}",
-    )
+    if ctx.explain is not None:
+        ctx.step(
+            "__kvm_faultin_pfn",
+            lambda: (
+                f"memslot {memslot.id} (generation {state.generation:#x}): "
+                f"host PFN {fault.pfn:#x}, "
+                f"{'writable' if fault.map_writable else 'read-only'}"
+            ),
+        )
     return Outcome.CONTINUE
 
 
@@ -380,6 +426,8 @@ def faultin_pfn(state: VmState, ctx: OpContext, fault: PageFault, res: FaultResu
 def max_mapping_level(
     state: VmState, slot: SlotState, gfn: int, max_level: int, is_private: bool
 ) -> int:
+    if is_private or slot.slot.backing_level == PG_LEVEL_4K:
+        return PG_LEVEL_4K  # min(host level, lpage level) can only be 4K
     level = slot.max_lpage_level(gfn, min(max_level, state.host.max_huge_page_level))
     if level == PG_LEVEL_4K:
         return PG_LEVEL_4K
@@ -391,30 +439,37 @@ def max_mapping_level(
 def hugepage_adjust(state: VmState, ctx: OpContext, fault: PageFault) -> None:
     fault.huge_page_disallowed = fault.exec and fault.nx_workaround
     if fault.max_level == PG_LEVEL_4K:
-        ctx.step("kvm_mmu_hugepage_adjust", "max level 4K (private memory): 4K")
+        if ctx.explain is not None:
+            ctx.step("kvm_mmu_hugepage_adjust", lambda: "max level 4K (private memory): 4K")
         return
     slot = fault.slot
     if slot is None:
-        ctx.step("kvm_mmu_hugepage_adjust", "no-slot PFN (MMIO): 4K")
+        if ctx.explain is not None:
+            ctx.step("kvm_mmu_hugepage_adjust", lambda: "no-slot PFN (MMIO): 4K")
         return
     if slot.slot.log_dirty:
-        ctx.step("kvm_mmu_hugepage_adjust", "memslot logs dirty pages: 4K")
+        if ctx.explain is not None:
+            ctx.step("kvm_mmu_hugepage_adjust", lambda: "memslot logs dirty pages: 4K")
         return
     fault.req_level = max_mapping_level(state, slot, fault.gfn, fault.max_level, fault.is_private)
     if fault.req_level == PG_LEVEL_4K or fault.huge_page_disallowed:
         why = "NX huge pages: exec fault maps 4K" if fault.huge_page_disallowed else "4K"
-        ctx.step(
-            "kvm_mmu_max_mapping_level",
-            f"lpage_info/backing allow level {fault.req_level}; {why}",
-        )
+        if ctx.explain is not None:
+            ctx.step(
+                "kvm_mmu_max_mapping_level",
+                lambda: f"lpage_info/backing allow level {fault.req_level}; {why}",
+            )
         return
     fault.goal_level = fault.req_level
     fault.pfn &= ~(KVM_PAGES_PER_HPAGE(fault.goal_level) - 1)
-    ctx.step(
-        "kvm_mmu_max_mapping_level",
-        f"slot alignment, HVA congruence and {slot.slot.backing_level}-level backing allow "
-        f"level {fault.req_level}: map a huge page, PFN {fault.pfn:#x}",
-    )
+    if ctx.explain is not None:
+        ctx.step(
+            "kvm_mmu_max_mapping_level",
+            lambda: (
+                f"slot alignment, HVA congruence and {slot.slot.backing_level}-level backing allow "
+                f"level {fault.req_level}: map a huge page, PFN {fault.pfn:#x}"
+            ),
+        )
 
 
 def disallowed_hugepage_adjust(state: VmState, fault: PageFault, spte: int, level: int) -> None:
@@ -433,7 +488,7 @@ def disallowed_hugepage_adjust(state: VmState, fault: PageFault, spte: int, leve
 
 
 def tdp_mmu_map(state: VmState, ctx: OpContext, fault: PageFault, res: FaultResult) -> Outcome:
-    mirror = state.vm_type == VmType.TDX and not (fault.addr >> 12) & state.gfn_direct_bits
+    mirror = state.is_tdx and not (fault.addr >> 12) & state.gfn_direct_bits
     tree = TREE_MIRROR if mirror else TREE_DIRECT
     root = state.root_slot(tree)
     assert root is not None
@@ -442,26 +497,30 @@ def tdp_mmu_map(state: VmState, ctx: OpContext, fault: PageFault, res: FaultResu
     goal = fault.goal_level
     traced_pfn = fault.pfn | (fault.gfn & (KVM_PAGES_PER_HPAGE(goal) - 1))
     ctx.emit("kvm_mmu_spte_requested", fault.gfn, traced_pfn, goal, state.root_access)
-    it = TdpIter(state, tree, root, PG_LEVEL_4K, fault.gfn, fault.gfn + 1)
+    it = GfnWalk(state, tree, root, fault.gfn)
     outcome = Outcome.RETRY
-    while it.valid and it.gfn < fault.gfn + 1:
+    frozen = state.host.layout.frozen_spte
+    while True:
         if fault.nx_workaround:
             disallowed_hugepage_adjust(state, fault, it.old_spte, it.level)
-        if it.old_spte == state.host.layout.frozen_spte:
+        if it.old_spte == frozen:
             break
         if it.level == fault.goal_level:
             outcome = map_target_level(state, ctx, fault, it, res)
             break
-        if _present(it.old_spte) and not it.old_spte & PT_PAGE_SIZE_MASK:
-            it.next()
+        if it.old_spte & SPTE_MMU_PRESENT_MASK and not it.old_spte & PT_PAGE_SIZE_MASK:
+            if not it.descend():
+                break
             continue
         child = alloc_table(state, ctx, it.level - 1, it.gfn, tree, fault.huge_page_disallowed)
         if _present(it.old_spte):
             if tree == TREE_MIRROR:
                 raise KvmBug("a huge page in the mirror (TDX private) tree")
-            ctx.step(
-                "tdp_mmu_split_huge_page", f"split the level-{it.level} huge SPTE {it.old_spte:#x}"
-            )
+            if ctx.explain is not None:
+                ctx.step(
+                    "tdp_mmu_split_huge_page",
+                    lambda: f"split the level-{it.level} huge SPTE {it.old_spte:#x}",
+                )
             split_huge_page(state, ctx, it, child, shared=True)
         else:
             link_sp(state, ctx, it, child, shared=True)
@@ -471,49 +530,64 @@ def tdp_mmu_map(state: VmState, ctx: OpContext, fault: PageFault, res: FaultResu
             and state.pool.nx_disallowed[child]
         ):
             track_possible_nx_huge_page(state, child)
-        it.next()
+        if not it.descend():
+            break
     res.req_level, res.goal_level = fault.req_level, fault.goal_level
     return outcome
 
 
 def map_target_level(
-    state: VmState, ctx: OpContext, fault: PageFault, it: TdpIter, res: FaultResult
+    state: VmState, ctx: OpContext, fault: PageFault, it: GfnWalk, res: FaultResult
 ) -> Outcome:
     host = state.host
     old, level = it.old_spte, it.level
     if _present(old) and is_access_allowed(state, fault, old) and _is_last(old, level):
-        ctx.step(
-            "tdp_mmu_map_handle_target_level",
-            f"level-{level} SPTE {old:#x} already allows the access: spurious",
-        )
+        if ctx.explain is not None:
+            ctx.step(
+                "tdp_mmu_map_handle_target_level",
+                lambda: f"level-{level} SPTE {old:#x} already allows the access: spurious",
+            )
         res.level, res.spte = level, old
         return Outcome.SPURIOUS
     wrprot = False
     if fault.slot is None:
         new = make_mmio_spte(state, it.gfn, state.root_access, state.generation)
-        ctx.step(
-            "make_mmio_spte",
-            f"GFN {it.gfn:#x}, generation {state.generation:#x}, VM MMIO value "
-            f"{state.shadow_mmio_value:#x} -> {new:#x}",
-        )
+        if ctx.explain is not None:
+            ctx.step(
+                "make_mmio_spte",
+                lambda: (
+                    f"GFN {it.gfn:#x}, generation {state.generation:#x}, VM MMIO value "
+                    f"{state.shadow_mmio_value:#x} -> {new:#x}"
+                ),
+            )
     else:
-        new, wrprot = make_spte(
+        new, wrprot = make_spte_args(
             host,
-            level=level,
-            pte_access=state.root_access,
-            pfn=fault.pfn,
-            old_spte=old,
-            host_writable=fault.map_writable,
-            ad_disabled=not host.kvm_ad_enabled,
-            mt_bits=state.mt_bits,
-            warnings=ctx.warnings,
+            level,
+            state.root_access,
+            fault.pfn,
+            old,
+            False,  # prefetch
+            False,  # synchronizing
+            fault.map_writable,
+            not host.kvm_ad_enabled,
+            False,  # the TDP MMU's roles never need write-protect-only A/D
+            state.mt_bits,
+            False,  # host MMIO PFNs are not modelled
+            False,  # the TDP MMU never refuses to unsync
+            state.nx_huge_pages,
+            ctx.warnings,
         )
-        ctx.step(
-            "make_spte",
-            f"level {level}, ACC {state.root_access:#x}, PFN {fault.pfn:#x}, host-writable "
-            f"{fault.map_writable}, A/D {'off' if not host.kvm_ad_enabled else 'on'}, memory type "
-            f"{state.mt_bits:#x}, old {old:#x} -> {new:#x}",
-        )
+        if ctx.explain is not None:
+            ctx.step(
+                "make_spte",
+                lambda: (
+                    f"level {level}, ACC {state.root_access:#x}, PFN {fault.pfn:#x}, host-writable "
+                    f"{fault.map_writable}, A/D {'on' if host.kvm_ad_enabled else 'off'}, "
+                    f"memory type "
+                    f"{state.mt_bits:#x}, old {old:#x} -> {new:#x}"
+                ),
+            )
         if new & PT_WRITABLE_MASK and fault.slot.slot.log_dirty:
             res.dirty_marked = fault.slot.mark_dirty(it.gfn) or res.dirty_marked
     outcome = Outcome.FIXED
@@ -524,8 +598,8 @@ def map_target_level(
     if wrprot and fault.write:
         outcome = Outcome.WRITE_PROTECTED
     sptep = state.pool.pa(it.slot) + 8 * it.index
-    current = int(state.pool.entries[it.slot, it.index])
-    if is_mmio_spte(state, new):
+    current = state.pool.flat[(it.slot << 9) | it.index]
+    if (new & host.shadow_mmio_mask) == state.shadow_mmio_value and host.enable_mmio_caching:
         state.stats.pf_mmio_spte_created += 1
         ctx.emit(
             "mark_mmio_spte",
@@ -552,6 +626,12 @@ def kvm_tdp_page_fault(
         res.fast = fast
         if fast != Outcome.INVALID:
             return fast
+    if state.pool.live + state.root_level > state.pool.max_tables:
+        if ctx.explain is not None:
+            ctx.step(
+                "mmu_topup_memory_caches", lambda: "no page-table pages left (max_tables): -ENOMEM"
+            )
+        return Outcome.ENOMEM
     outcome = faultin_pfn(state, ctx, fault, res)
     if outcome != Outcome.CONTINUE:
         return outcome
@@ -560,21 +640,28 @@ def kvm_tdp_page_fault(
 
 def page_fault(state: VmState, ctx: OpContext, gpa: int, error_code: int) -> FaultResult:
     """kvm_mmu_page_fault(vcpu, gpa, error_code) as the vendor exit handler calls it."""
+    if state.pool.live + 2 > state.pool.max_tables and (
+        state.direct_root is None or (state.is_tdx and state.mirror_root is None)
+    ):
+        return FaultResult(outcome=Outcome.ENOMEM, gfn=(gpa >> 12) & ~state.gfn_direct_bits)
     ensure_roots(state, ctx)
     if (
-        state.vm_type == VmType.SW_PROTECTED
+        state.is_sw_protected
         and not error_code & PFERR_RSVD_MASK
         and state.attributes.is_private(gpa >> 12)
     ):
         error_code |= PFERR_PRIVATE_ACCESS
     fault = PageFault(state, gpa, error_code)
     res = FaultResult(outcome=Outcome.INVALID, gfn=fault.gfn, private=fault.is_private)
-    ctx.step(
-        "kvm_mmu_page_fault",
-        f"GPA {gpa:#x} error code {error_code:#x}: GFN {fault.gfn:#x}"
-        + (" (shared bit stripped)" if (gpa >> 12) != fault.gfn else "")
-        + (", private" if fault.is_private else ""),
-    )
+    if ctx.explain is not None:
+        ctx.step(
+            "kvm_mmu_page_fault",
+            lambda: (
+                f"GPA {gpa:#x} error code {error_code:#x}: GFN {fault.gfn:#x}"
+                + (" (shared bit stripped)" if (gpa >> 12) != fault.gfn else "")
+                + (", private" if fault.is_private else "")
+            ),
+        )
     outcome = Outcome.INVALID
     if fault.rsvd:
         if fault.is_private:
@@ -590,7 +677,10 @@ def page_fault(state: VmState, ctx: OpContext, gpa: int, error_code: int) -> Fau
         state.stats.pf_taken += 1
         outcome = kvm_tdp_page_fault(state, ctx, fault, res)
         if outcome == Outcome.EMULATE and fault.is_private:
-            ctx.step("kvm_mmu_page_fault", "emulation requested on private memory: -EFAULT")
+            if ctx.explain is not None:
+                ctx.step(
+                    "kvm_mmu_page_fault", lambda: "emulation requested on private memory: -EFAULT"
+                )
             outcome = memory_fault_exit(fault, res)
     if outcome == Outcome.WRITE_PROTECTED:
         outcome = Outcome.EMULATE
@@ -602,5 +692,6 @@ def page_fault(state: VmState, ctx: OpContext, gpa: int, error_code: int) -> Fau
     elif outcome == Outcome.SPURIOUS:
         stats.pf_spurious += 1
     res.outcome = outcome
-    ctx.step("kvm_mmu_page_fault", f"result {outcome.value}")
+    if ctx.explain is not None:
+        ctx.step("kvm_mmu_page_fault", lambda: f"result {outcome.value}")
     return res

@@ -174,9 +174,44 @@ def make_spte(
     warnings: list[str] | None = None,
 ) -> tuple[int, bool]:
     """Build a leaf SPTE exactly as make_spte() does; returns (spte, wrprot)."""
+    return make_spte_args(
+        host,
+        level,
+        pte_access,
+        pfn,
+        old_spte,
+        prefetch,
+        synchronizing,
+        host_writable,
+        ad_disabled,
+        ad_need_write_protect,
+        mt_bits,
+        host_mmio_pfn,
+        unsync_denied,
+        host.config.nx_huge_pages if nx_huge_pages is None else nx_huge_pages,
+        warnings,
+    )
+
+
+def make_spte_args(
+    host: Host,
+    level: int,
+    pte_access: int,
+    pfn: int,
+    old_spte: int,
+    prefetch: bool,
+    synchronizing: bool,
+    host_writable: bool,
+    ad_disabled: bool,
+    ad_need_write_protect: bool,
+    mt_bits: int,
+    host_mmio_pfn: bool,
+    unsync_denied: bool,
+    nx_huge_pages: bool,
+    warnings: list[str] | None,
+) -> tuple[int, bool]:
+    """make_spte() with every input positional (see make_spte for the steps)."""
     layout = host.layout
-    if nx_huge_pages is None:
-        nx_huge_pages = host.config.nx_huge_pages
     spte = SPTE_MMU_PRESENT_MASK
     if warnings is not None and (pte_access | host.shadow_present_mask) == SHADOW_NONPRESENT_VALUE:
         warnings.append("access_and_present_mask_is_nonpresent")

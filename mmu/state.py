@@ -89,8 +89,15 @@ class VmState:
     nr_as_ids: int = 2
     gfn_direct_bits: int = 0
     root_access: int = 7
+    # Fixed facts of the VM type, kept as plain fields for the fault path.
+    is_tdx: bool = False
+    is_sw_protected: bool = False
+    has_private_mem: bool = False
 
     def __post_init__(self) -> None:
+        self.is_tdx = self.vm_type == VmType.TDX
+        self.is_sw_protected = self.vm_type == VmType.SW_PROTECTED
+        self.has_private_mem = self.vm_type.has_private_mem
         self.root_level = tdp_root_level(self.host, self.guest_maxphyaddr)
         self.nr_as_ids = self.vm_type.nr_memslot_as_ids
         if self.vm_type == VmType.TDX:
@@ -104,10 +111,6 @@ class VmState:
     @property
     def nx_huge_pages(self) -> bool:
         return self.host.config.nx_huge_pages
-
-    @property
-    def has_private_mem(self) -> bool:
-        return self.vm_type.has_private_mem
 
     def mem_is_private(self, gfn: int) -> bool:
         """kvm_mem_is_private(): the PRIVATE attribute (only VMs with private memory have it)."""

@@ -8,15 +8,33 @@ are stripped of `gfn_bits`; table indices are computed with them.
 
 from __future__ import annotations
 
-from mmu.constants import KVM_PAGES_PER_HPAGE, PT_PAGE_SIZE_MASK, SPTE_MMU_PRESENT_MASK
+from typing import Protocol
+
+from mmu.constants import PT_PAGE_SIZE_MASK, SPTE_MMU_PRESENT_MASK
+from mmu.pool import TABLE_PFN_BASE
 from mmu.state import VmState
+
+
+class Entry(Protocol):
+    """Where a walk stands: the SPTE it read and where it lives."""
+
+    slot: int
+    index: int
+    gfn: int
+    level: int
+    old_spte: int
+
+
+# KVM_PAGES_PER_HPAGE(level) by level.
+PAGES = (0, 1, 1 << 9, 1 << 18, 1 << 27, 1 << 36)
 
 
 class TdpIter:
     __slots__ = (
         "as_id",
+        "base_mask",
         "end",
-        "entries",
+        "flat",
         "gfn",
         "gfn_bits",
         "index",
@@ -27,6 +45,7 @@ class TdpIter:
         "path",
         "root_level",
         "slot",
+        "slot_of_serial",
         "state",
         "tree",
         "valid",
@@ -45,7 +64,9 @@ class TdpIter:
     ) -> None:
         self.state = state
         self.tree = tree
-        self.entries = state.pool.entries
+        self.flat = state.pool.flat
+        self.slot_of_serial = state.pool.slot_of_serial_view
+        self.base_mask = state.host.spte_base_addr_mask
         self.gfn_bits = state.root_gfn_bits(tree) if gfn_bits is None else gfn_bits
         self.root_level = state.root_level if root_level is None else root_level
         self.min_level = min_level
@@ -62,28 +83,30 @@ class TdpIter:
             self.valid = False  # the kernel WARNs and walks nothing
             return
         self.next_last_level_gfn = start
-        self.gfn = start & -KVM_PAGES_PER_HPAGE(self.level)
+        self.gfn = start & -PAGES[self.level]
         self._refresh()
         self.valid = True
 
     def _refresh(self) -> None:
         self.slot = self.path[self.level]
         self.index = ((self.gfn | self.gfn_bits) >> (9 * (self.level - 1))) & 511
-        self.old_spte = int(self.entries[self.slot, self.index])
+        self.old_spte = self.flat[(self.slot << 9) | self.index]
 
     def reread(self) -> int:
-        self.old_spte = int(self.entries[self.slot, self.index])
+        self.old_spte = self.flat[(self.slot << 9) | self.index]
         return self.old_spte
 
     def _try_step_down(self) -> bool:
         if self.level == self.min_level:
             return False
-        spte = self.reread()
+        spte = self.old_spte = self.flat[(self.slot << 9) | self.index]
         if not spte & SPTE_MMU_PRESENT_MASK or spte & PT_PAGE_SIZE_MASK or self.level == 1:
             return False
         self.level -= 1
-        self.path[self.level] = self.state.child_slot(spte)
-        self.gfn = self.next_last_level_gfn & -KVM_PAGES_PER_HPAGE(self.level)
+        self.path[self.level] = self.slot_of_serial[
+            ((spte & self.base_mask) >> 12) - TABLE_PFN_BASE
+        ]
+        self.gfn = self.next_last_level_gfn & -PAGES[self.level]
         self._refresh()
         return True
 
@@ -92,17 +115,17 @@ class TdpIter:
         # advances, exactly as tdp_iter.c does.
         if ((self.gfn | self.gfn_bits) >> (9 * (self.level - 1))) & 511 == 511 or self.index == 511:
             return False
-        self.gfn += KVM_PAGES_PER_HPAGE(self.level)
+        self.gfn += PAGES[self.level]
         self.next_last_level_gfn = self.gfn
         self.index += 1
-        self.old_spte = int(self.entries[self.slot, self.index])
+        self.old_spte = self.flat[(self.slot << 9) | self.index]
         return True
 
     def _try_step_up(self) -> bool:
         if self.level == self.root_level:
             return False
         self.level += 1
-        self.gfn &= -KVM_PAGES_PER_HPAGE(self.level)
+        self.gfn &= -PAGES[self.level]
         self._refresh()
         return True
 
@@ -115,3 +138,59 @@ class TdpIter:
             if not self._try_step_up():
                 break
         self.valid = False
+
+
+class GfnWalk:
+    """for_each_tdp_pte(iter, kvm, root, gfn, gfn + 1), specialised to one GFN.
+
+    With a one-GFN range the iterator only ever steps down: after the first
+    entry it cannot descend into, its side step leaves the range and the walk
+    ends. This walker does exactly that with less machinery; it has the same
+    fields as TdpIter so the SPTE-changing helpers accept either.
+    """
+
+    __slots__ = (
+        "base_mask",
+        "flat",
+        "gfn",
+        "gfn_bits",
+        "index",
+        "level",
+        "old_spte",
+        "slot",
+        "slot_of_serial",
+        "target",
+        "valid",
+    )
+
+    def __init__(self, state: VmState, tree: int, root: int, gfn: int) -> None:
+        pool = state.pool
+        self.flat = pool.flat
+        self.slot_of_serial = pool.slot_of_serial_view
+        self.base_mask = state.host.spte_base_addr_mask
+        self.gfn_bits = state.root_gfn_bits(tree)
+        self.target = gfn
+        self.level = state.root_level
+        self.slot = root
+        self.valid = not (self.gfn_bits and gfn >= self.gfn_bits)
+        self.index = 0
+        self.gfn = 0
+        self.old_spte = 0
+        if self.valid:
+            self._load()
+
+    def _load(self) -> None:
+        shift = 9 * (self.level - 1)
+        self.index = ((self.target | self.gfn_bits) >> shift) & 511
+        self.gfn = (self.target >> shift) << shift
+        self.old_spte = self.flat[(self.slot << 9) | self.index]
+
+    def descend(self) -> bool:
+        """Re-read the entry; step into it if it is a present non-leaf above level 1."""
+        spte = self.old_spte = self.flat[(self.slot << 9) | self.index]
+        if self.level == 1 or not spte & SPTE_MMU_PRESENT_MASK or spte & PT_PAGE_SIZE_MASK:
+            return False
+        self.slot = self.slot_of_serial[((spte & self.base_mask) >> 12) - TABLE_PFN_BASE]
+        self.level -= 1
+        self._load()
+        return True

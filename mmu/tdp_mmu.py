@@ -23,7 +23,7 @@ from mmu.events import OpContext
 from mmu.pool import TREE_DIRECT, TREE_MIRROR
 from mmu.spte import check_spte_writable_invariants, make_nonleaf_spte, make_small_spte
 from mmu.state import VmState
-from mmu.tdp_iter import TdpIter
+from mmu.tdp_iter import Entry, TdpIter
 
 
 class KvmBug(Refused):
@@ -50,7 +50,7 @@ def alloc_table(
 
 def ensure_roots(state: VmState, ctx: OpContext) -> None:
     """mmu_alloc_direct_roots at vCPU entry: the TD's mirror root first, then the direct root."""
-    if state.vm_type.name == "TDX" and state.mirror_root is None:
+    if state.is_tdx and state.mirror_root is None:
         state.mirror_root = alloc_table(state, ctx, state.root_level, 0, TREE_MIRROR)
     if state.direct_root is None:
         state.direct_root = alloc_table(state, ctx, state.root_level, 0, TREE_DIRECT)
@@ -125,18 +125,18 @@ def handle_removed_pt(state: VmState, ctx: OpContext, slot: int, shared: bool) -
     pool.release(slot)
 
 
-def set_spte(state: VmState, ctx: OpContext, it: TdpIter, new: int, shared: bool) -> None:
+def set_spte(state: VmState, ctx: OpContext, it: Entry, new: int, shared: bool) -> None:
     """tdp_mmu_set_spte_atomic / tdp_mmu_iter_set_spte at the iterator's entry."""
     old = it.old_spte
-    state.pool.entries[it.slot, it.index] = new
+    state.pool.flat[(it.slot << 9) | it.index] = new
     it.old_spte = new
     handle_changed_spte(state, ctx, it.gfn, old, new, it.level, shared)
 
 
-def write_spte_direct(state: VmState, ctx: OpContext, it: TdpIter, new: int) -> None:
+def write_spte_direct(state: VmState, ctx: OpContext, it: Entry, new: int) -> None:
     """A write KVM makes without handle_changed_spte (fast path, dirty clear, aging)."""
     old = it.old_spte
-    state.pool.entries[it.slot, it.index] = new
+    state.pool.flat[(it.slot << 9) | it.index] = new
     it.old_spte = new
     if old != new:
         ctx.spte_changes += 1
@@ -146,12 +146,12 @@ def write_spte_direct(state: VmState, ctx: OpContext, it: TdpIter, new: int) -> 
 # --- link and split ---------------------------------------------------------
 
 
-def link_sp(state: VmState, ctx: OpContext, it: TdpIter, child: int, shared: bool = True) -> None:
+def link_sp(state: VmState, ctx: OpContext, it: Entry, child: int, shared: bool = True) -> None:
     spte = make_nonleaf_spte(state.host, state.pool.pa(child), not state.host.kvm_ad_enabled)
     set_spte(state, ctx, it, spte, shared)
 
 
-def split_huge_page(state: VmState, ctx: OpContext, it: TdpIter, child: int, shared: bool) -> None:
+def split_huge_page(state: VmState, ctx: OpContext, it: Entry, child: int, shared: bool) -> None:
     """tdp_mmu_split_huge_page: fill the child from the huge SPTE, link it, account 512 pages."""
     huge = it.old_spte
     level = it.level
@@ -190,7 +190,7 @@ def unmap_gfn_range(
 ) -> None:
     """kvm_unmap_gfn_range with an attribute filter: TDs pick roots by it, others use direct."""
     for tree, _ in state.roots():
-        if state.vm_type.name == "TDX" and not (
+        if state.is_tdx and not (
             (tree == TREE_DIRECT and shared) or (tree == TREE_MIRROR and private)
         ):
             continue
