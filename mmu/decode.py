@@ -8,8 +8,10 @@ in bit order, and `reasons` say why the value is the kind it is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from mmu.bits import GENMASK
 from mmu.constants import (
@@ -61,8 +63,9 @@ class FieldKind(StrEnum):
     IGNORED = "ignored"
 
 
-@dataclass(frozen=True, slots=True)
-class SpteField:
+class SpteField(NamedTuple):
+    """One named run of bits of an SPTE (a NamedTuple: decoded dumps build millions)."""
+
     name: str
     lsb: int
     msb: int
@@ -111,40 +114,59 @@ class SpteDecode:
 class _Claim:
     name: str
     kind: FieldKind
-    meaning: str
+    meaning: Meaning
+
+
+_IGNORED = _Claim("ignored", FieldKind.IGNORED, "not used")
+Template = tuple[tuple[int, int, _Claim], ...]
 
 
 class _Fields:
-    """Bits claimed by named fields; later claims win, gaps become 'ignored'."""
+    """Bits claimed by named fields; later claims win, gaps become 'ignored'.
 
-    def __init__(self, value: int) -> None:
-        self.value = value
-        self.owner: list[_Claim | None] = [None] * 64
+    The claims of a host and SPTE shape form a template that is built once;
+    rendering a value only extracts bits and evaluates the meanings.
+    """
 
-    def claim(self, lsb: int, msb: int, name: str, kind: FieldKind, meaning: str = "") -> None:
+    def __init__(self) -> None:
+        self.owner: list[_Claim] = [_IGNORED] * 64
+
+    def claim(self, lsb: int, msb: int, name: str, kind: FieldKind, meaning: Meaning = "") -> None:
         entry = _Claim(name, kind, meaning)
         for bit in range(lsb, msb + 1):
             self.owner[bit] = entry
 
-    def claim_mask(self, mask: int, name: str, kind: FieldKind, meaning: str = "") -> None:
+    def claim_mask(self, mask: int, name: str, kind: FieldKind, meaning: Meaning = "") -> None:
         for lsb, msb in _runs(mask):
             self.claim(lsb, msb, name, kind, meaning)
 
-    def build(self) -> tuple[SpteField, ...]:
-        out: list[SpteField] = []
+    def template(self) -> Template:
+        out: list[tuple[int, int, _Claim]] = []
         bit = 0
         while bit < 64:
             owner = self.owner[bit]
             end = bit
             while end + 1 < 64 and self.owner[end + 1] is owner:
                 end += 1
-            value = (self.value >> bit) & ((1 << (end - bit + 1)) - 1)
-            if owner is None:
-                out.append(SpteField("ignored", bit, end, value, FieldKind.IGNORED, "not used"))
-            else:
-                out.append(SpteField(owner.name, bit, end, value, owner.kind, owner.meaning))
+            out.append((bit, end, owner))
             bit = end + 1
         return tuple(out)
+
+
+def _render(template: Template, value: int) -> tuple[SpteField, ...]:
+    return tuple(
+        [
+            SpteField(
+                claim.name,
+                lsb,
+                msb,
+                (value >> lsb) & ((1 << (msb - lsb + 1)) - 1),
+                claim.kind,
+                claim.meaning if isinstance(claim.meaning, str) else claim.meaning(value),
+            )
+            for lsb, msb, claim in template
+        ]
+    )
 
 
 def _runs(mask: int) -> list[tuple[int, int]]:
@@ -160,14 +182,18 @@ def _runs(mask: int) -> list[tuple[int, int]]:
     return runs
 
 
-def _onoff(value: int, mask: int, yes: str, no: str) -> str:
-    return yes if value & mask else no
+Meaning = str | Callable[[int], str]
+
+
+def _onoff(mask: int, yes: str, no: str) -> Callable[[int], str]:
+    return lambda value: yes if value & mask else no
 
 
 def _claim_address(f: _Fields, host: Host, leaf: bool) -> None:
     label = "PFN" if leaf else "child table"
-    meaning = f"host physical frame {spte_to_pfn(host, f.value):#x}"
-    f.claim(12, 51, label, FieldKind.ADDRESS, meaning)
+    f.claim(
+        12, 51, label, FieldKind.ADDRESS, lambda v: f"host physical frame {spte_to_pfn(host, v):#x}"
+    )
     if host.shadow_me_mask:
         cbit = host.shadow_me_value
         if cbit:
@@ -175,7 +201,7 @@ def _claim_address(f: _Fields, host: Host, leaf: bool) -> None:
                 cbit,
                 "C-bit",
                 FieldKind.ENCRYPTION,
-                _onoff(f.value, cbit, "encrypted (SME/SEV C-bit)", "not encrypted"),
+                _onoff(cbit, "encrypted (SME/SEV C-bit)", "not encrypted"),
             )
         else:
             f.claim_mask(
@@ -187,14 +213,13 @@ def _claim_address(f: _Fields, host: Host, leaf: bool) -> None:
 
 
 def _claim_software_bits(f: _Fields, host: Host) -> None:
-    layout, v = host.layout, f.value
+    layout = host.layout
     f.claim(
         11,
         11,
         "MMU-present",
         FieldKind.SOFTWARE,
         _onoff(
-            v,
             SPTE_MMU_PRESENT_MASK,
             "KVM treats the SPTE as present",
             "clear: KVM treats the SPTE as not present",
@@ -205,7 +230,6 @@ def _claim_software_bits(f: _Fields, host: Host) -> None:
         "host-writable",
         FieldKind.SOFTWARE,
         _onoff(
-            v,
             host.shadow_host_writable_mask,
             "host mapping is writable",
             "host mapping is read-only",
@@ -216,21 +240,24 @@ def _claim_software_bits(f: _Fields, host: Host) -> None:
         "MMU-writable",
         FieldKind.SOFTWARE,
         _onoff(
-            v,
             host.shadow_mmu_writable_mask,
             "KVM may make it writable (e.g. after dirty-log write protection)",
             "KVM must not make it writable",
         ),
     )
     if host.config.mmu == "ept":
-        ad = (v & layout.ad_mask) >> layout.ad_shift
         names = {
             0: "A/D enabled",
             1: "A/D disabled (access tracking)",
             2: "write-protect-only dirty tracking",
             3: "invalid A/D type",
         }
-        f.claim_mask(layout.ad_mask, "A/D type", FieldKind.SOFTWARE, names[ad])
+        f.claim_mask(
+            layout.ad_mask,
+            "A/D type",
+            FieldKind.SOFTWARE,
+            lambda v: names[(v & layout.ad_mask) >> layout.ad_shift],
+        )
         saved = layout.acc_track_saved_bits_mask
         shift = layout.acc_track_saved_bits_shift
         for bit, label in ((0x1, "R"), (0x4, "X"), (0x400, "XU")):
@@ -243,27 +270,25 @@ def _claim_software_bits(f: _Fields, host: Host) -> None:
                 )
 
 
-def _claim_ept_leaf(f: _Fields, host: Host, leaf: bool, level: int | None) -> None:
-    v = f.value
-    f.claim(0, 0, "R", FieldKind.PERMISSION, _onoff(v, 1, "readable", "not readable"))
-    f.claim(1, 1, "W", FieldKind.PERMISSION, _onoff(v, 2, "writable", "not writable"))
+def _claim_ept_leaf(f: _Fields, host: Host, leaf: bool) -> None:
+    f.claim(0, 0, "R", FieldKind.PERMISSION, _onoff(1, "readable", "not readable"))
+    f.claim(1, 1, "W", FieldKind.PERMISSION, _onoff(2, "writable", "not writable"))
     xname = "XS" if host.shadow_xu_mask else "X"
-    f.claim(2, 2, xname, FieldKind.PERMISSION, _onoff(v, 4, "executable", "not executable"))
+    f.claim(2, 2, xname, FieldKind.PERMISSION, _onoff(4, "executable", "not executable"))
     if leaf:
-        mt = (v >> 3) & 7
         f.claim(
             3,
             5,
             "memory type",
             FieldKind.MEMORY_TYPE,
-            MTRR_TYPE_NAMES.get(mt, f"reserved memory type {mt}"),
+            lambda v: MTRR_TYPE_NAMES.get((v >> 3) & 7, f"reserved memory type {(v >> 3) & 7}"),
         )
         f.claim(
             6,
             6,
             "IPAT",
             FieldKind.MEMORY_TYPE,
-            _onoff(v, 0x40, "ignore guest PAT", "guest PAT combined"),
+            _onoff(0x40, "ignore guest PAT", "guest PAT combined"),
         )
     else:
         f.claim(3, 6, "reserved", FieldKind.RESERVED, "must be 0 in a non-leaf entry")
@@ -272,68 +297,87 @@ def _claim_ept_leaf(f: _Fields, host: Host, leaf: bool, level: int | None) -> No
         7,
         "PS",
         FieldKind.PERMISSION if leaf else FieldKind.RESERVED,
-        _onoff(v, PT_PAGE_SIZE_MASK, "large page", "points to a table or is a 4K page"),
+        _onoff(PT_PAGE_SIZE_MASK, "large page", "points to a table or is a 4K page"),
     )
-    f.claim(8, 8, "A", FieldKind.ACCESSED_DIRTY, _onoff(v, 0x100, "accessed", "not accessed"))
-    f.claim(9, 9, "D", FieldKind.ACCESSED_DIRTY, _onoff(v, 0x200, "dirty", "clean"))
+    f.claim(8, 8, "A", FieldKind.ACCESSED_DIRTY, _onoff(0x100, "accessed", "not accessed"))
+    f.claim(9, 9, "D", FieldKind.ACCESSED_DIRTY, _onoff(0x200, "dirty", "clean"))
     if host.shadow_xu_mask:
         f.claim(
             10,
             10,
             "XU",
             FieldKind.PERMISSION,
-            _onoff(v, 0x400, "user-mode executable", "not user-mode executable"),
+            _onoff(0x400, "user-mode executable", "not user-mode executable"),
         )
     f.claim(
         63,
         63,
         "SVE",
         FieldKind.PERMISSION,
-        _onoff(v, 1 << 63, "suppress #VE", "#VE not suppressed"),
+        _onoff(1 << 63, "suppress #VE", "#VE not suppressed"),
     )
 
 
-def _claim_x86_leaf(f: _Fields, host: Host, leaf: bool, level: int | None) -> None:
-    v = f.value
-    f.claim(0, 0, "P", FieldKind.PERMISSION, _onoff(v, 1, "present", "not present"))
-    f.claim(1, 1, "W", FieldKind.PERMISSION, _onoff(v, 2, "writable", "read-only"))
-    f.claim(2, 2, "U", FieldKind.PERMISSION, _onoff(v, 4, "user", "supervisor"))
-    f.claim(3, 3, "PWT", FieldKind.MEMORY_TYPE, _onoff(v, 8, "write-through", "write-back"))
-    f.claim(4, 4, "PCD", FieldKind.MEMORY_TYPE, _onoff(v, 0x10, "cache disabled", "cacheable"))
-    f.claim(5, 5, "A", FieldKind.ACCESSED_DIRTY, _onoff(v, 0x20, "accessed", "not accessed"))
-    f.claim(6, 6, "D", FieldKind.ACCESSED_DIRTY, _onoff(v, 0x40, "dirty", "clean"))
+def _claim_x86_leaf(f: _Fields, host: Host, leaf: bool) -> None:
+    f.claim(0, 0, "P", FieldKind.PERMISSION, _onoff(1, "present", "not present"))
+    f.claim(1, 1, "W", FieldKind.PERMISSION, _onoff(2, "writable", "read-only"))
+    f.claim(2, 2, "U", FieldKind.PERMISSION, _onoff(4, "user", "supervisor"))
+    f.claim(3, 3, "PWT", FieldKind.MEMORY_TYPE, _onoff(8, "write-through", "write-back"))
+    f.claim(4, 4, "PCD", FieldKind.MEMORY_TYPE, _onoff(0x10, "cache disabled", "cacheable"))
+    f.claim(5, 5, "A", FieldKind.ACCESSED_DIRTY, _onoff(0x20, "accessed", "not accessed"))
+    f.claim(6, 6, "D", FieldKind.ACCESSED_DIRTY, _onoff(0x40, "dirty", "clean"))
     f.claim(
         7,
         7,
         "PS",
         FieldKind.PERMISSION,
-        _onoff(v, PT_PAGE_SIZE_MASK, "large page", "points to a table or is a 4K page"),
+        _onoff(PT_PAGE_SIZE_MASK, "large page", "points to a table or is a 4K page"),
     )
-    f.claim(8, 8, "G", FieldKind.PERMISSION, _onoff(v, 0x100, "global", "not global"))
-    f.claim(63, 63, "NX", FieldKind.PERMISSION, _onoff(v, 1 << 63, "not executable", "executable"))
+    f.claim(8, 8, "G", FieldKind.PERMISSION, _onoff(0x100, "global", "not global"))
+    f.claim(63, 63, "NX", FieldKind.PERMISSION, _onoff(1 << 63, "not executable", "executable"))
 
 
-def _present_fields(host: Host, value: int, leaf: bool, level: int | None) -> tuple[SpteField, ...]:
-    f = _Fields(value)
-    if host.config.mmu == "ept":
-        _claim_ept_leaf(f, host, leaf, level)
+_TEMPLATES: dict[tuple[int, int, bool, bool], tuple[Host, Template]] = {}
+
+
+def _cached(host: Host, mmio_value: int, mmio: bool, leaf: bool) -> Template:
+    """Templates depend only on the host, the VM's MMIO value and the SPTE's shape."""
+    key = (id(host), mmio_value, mmio, leaf)
+    hit = _TEMPLATES.get(key)
+    if hit is not None and hit[0] is host:
+        return hit[1]
+    f = _Fields()
+    if mmio:
+        _claim_mmio(f, host, mmio_value)
     else:
-        _claim_x86_leaf(f, host, leaf, level)
-    _claim_address(f, host, leaf)
-    _claim_software_bits(f, host)
-    return f.build()
+        if host.config.mmu == "ept":
+            _claim_ept_leaf(f, host, leaf)
+        else:
+            _claim_x86_leaf(f, host, leaf)
+        _claim_address(f, host, leaf)
+        _claim_software_bits(f, host)
+    template = f.template()
+    if len(_TEMPLATES) > 256:
+        _TEMPLATES.clear()
+    _TEMPLATES[key] = (host, template)
+    return template
+
+
+def _present_fields(host: Host, value: int, leaf: bool) -> tuple[SpteField, ...]:
+    return _render(_cached(host, 0, False, leaf), value)
 
 
 def _mmio_fields(vm: MmioVm, value: int) -> tuple[SpteField, ...]:
-    host = vm.host
+    return _render(_cached(vm.host, vm.shadow_mmio_value, True, True), value)
+
+
+def _claim_mmio(f: _Fields, host: Host, mmio_value: int) -> None:
     layout = host.layout
-    f = _Fields(value)
-    gfn = get_mmio_spte_gfn(host, value)
     f.claim_mask(
         host.shadow_nonpresent_or_rsvd_lower_gfn_mask,
         "GPA",
         FieldKind.ADDRESS,
-        f"guest frame {gfn:#x} (bits kept in place)",
+        lambda v: f"guest frame {get_mmio_spte_gfn(host, v):#x} (bits kept in place)",
     )
     rsvd = host.shadow_nonpresent_or_rsvd_mask
     if rsvd:
@@ -349,35 +393,33 @@ def _mmio_fields(vm: MmioVm, value: int) -> tuple[SpteField, ...]:
             FieldKind.ADDRESS,
             "GPA bits moved 5 up by the L1TF mitigation",
         )
-    gen = get_mmio_spte_generation(layout, value)
     f.claim_mask(
         layout.mmio_gen_low_mask,
         "gen[low]",
         FieldKind.MMIO_GENERATION,
-        f"MMIO generation {gen:#x} (low bits)",
+        lambda v: f"MMIO generation {get_mmio_spte_generation(layout, v):#x} (low bits)",
     )
     f.claim_mask(
         layout.mmio_gen_high_mask,
         "gen[high]",
         FieldKind.MMIO_GENERATION,
-        f"MMIO generation {gen:#x} (high bits)",
+        lambda v: f"MMIO generation {get_mmio_spte_generation(layout, v):#x} (high bits)",
     )
     mask = host.shadow_mmio_mask
     f.claim_mask(
         mask,
         "MMIO pattern",
         FieldKind.MMIO_PATTERN,
-        f"(spte & {mask:#x}) must equal the VM's MMIO value {vm.shadow_mmio_value:#x}",
+        f"(spte & {mask:#x}) must equal the VM's MMIO value {mmio_value:#x}",
     )
     if host.shadow_mmio_access_mask:
         f.claim_mask(
             host.shadow_mmio_access_mask,
             "access",
             FieldKind.PERMISSION,
-            f"cached guest access {get_mmio_spte_access(host, value):#x} (W/U)",
+            lambda v: f"cached guest access {get_mmio_spte_access(host, v):#x} (W/U)",
         )
     f.claim(11, 11, "MMU-present", FieldKind.SOFTWARE, "clear: MMIO SPTEs are never present")
-    return f.build()
 
 
 def _pattern_story(host: Host, pattern: int) -> str:
@@ -429,7 +471,7 @@ def decode_spte(vm: MmioVm, value: int, level: int | None = None) -> SpteDecode:
             value,
             SpteKind.FROZEN,
             level,
-            _present_fields(host, value, True, level),
+            _present_fields(host, value, True),
             (
                 f"FROZEN_SPTE {layout.frozen_spte:#x}: a TDP MMU thread is mid-update; "
                 "others back off and retry",
@@ -463,7 +505,7 @@ def decode_spte(vm: MmioVm, value: int, level: int | None = None) -> SpteDecode:
             value,
             SpteKind.NON_PRESENT,
             level,
-            _present_fields(host, value, True, level),
+            _present_fields(host, value, True),
             (
                 "SHADOW_NONPRESENT_VALUE: the value of every empty SPTE (bit 63 keeps EPT "
                 "suppress-#VE set, so a TD's access still exits to KVM)",
@@ -478,7 +520,7 @@ def decode_spte(vm: MmioVm, value: int, level: int | None = None) -> SpteDecode:
             "level not given: read as a 4K leaf (give a level > 1 to read it as a "
             "pointer to a table)"
         )
-    fields = _present_fields(host, value, leaf, level)
+    fields = _present_fields(host, value, leaf)
     notes, rsvd_bits = _misconfig(host, value, level)
     access = spte_access_letters(host, value) if leaf else None
     if present:
