@@ -234,7 +234,7 @@ class Vm:
             _u64(getattr(slot, name), name)
         if slot.npages == 0:
             raise InvalidInput("a memslot needs at least one page", field="npages")
-        if slot.base_gfn + slot.npages > 1 << 52:
+        if slot.base_gfn + slot.npages > 1 << (MAX_GPA_BITS - 12):
             raise InvalidInput("the memslot ends beyond the 52-bit GPA space", field="npages")
         if slot.userspace_addr & 0xFFF:
             raise InvalidInput("must be page aligned", field="userspace_addr")

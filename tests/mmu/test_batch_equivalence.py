@@ -61,14 +61,18 @@ def state_of(vm: Vm) -> tuple[object, ...]:
 
 
 @st.composite
-def scenario(draw: st.DrawFn) -> tuple[str, bool, list[tuple[int, int, int, int]], list[int], list[int]]:
+def scenario(
+    draw: st.DrawFn,
+) -> tuple[str, bool, list[tuple[int, int, int, int]], list[int], list[int]]:
     profile = draw(st.sampled_from(PROFILES))
     tdx = profile == "intel-tdx" and draw(st.booleans())
     layout = []
     base = 0x100
     for _ in range(draw(st.integers(1, 3))):
         base += draw(st.integers(0, 4)) * 512 + draw(st.sampled_from([0, 0, 7, 300]))
-        npages = draw(st.sampled_from([1, 64, 512, 1024, 1536, 4096])) + draw(st.sampled_from([0, 0, 3]))
+        npages = draw(st.sampled_from([1, 64, 512, 1024, 1536, 4096])) + draw(
+            st.sampled_from([0, 0, 3])
+        )
         flags = draw(st.sampled_from([0, 0, 0, KVM_MEM_READONLY, KVM_MEM_LOG_DIRTY_PAGES]))
         if tdx and flags == KVM_MEM_READONLY:
             flags = 0

@@ -36,6 +36,19 @@ def test_runner_passes_every_spte_vector(vectors_dir: Path) -> None:
     assert failed == 0 and passed > 4000, last
 
 
+def test_runner_passes_every_tdp_scenario(vectors_dir: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmu.conformance", str(vectors_dir / "tdp-scenarios.json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    last = proc.stdout.strip().splitlines()[-1]
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert last.endswith(", 0 failed") and int(last.split()[0]) >= 200, last
+
+
 def test_runner_reports_a_wrong_expectation(vectors_dir: Path, tmp_path: Path) -> None:
     """A tampered case must fail, with the function, inputs, expected and got printed."""
     source = spte_vector_files(vectors_dir)[0]
