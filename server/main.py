@@ -1,13 +1,178 @@
-"""kvmmu-server entry point."""
+"""kvmmu-server: serve the KVM x86 MMU model over gRPC.
+
+Every flag has an environment variable KVMMU_<FLAG> (upper case, dashes as
+underscores); a flag given on the command line wins. Prints
+"kvmmu-server: listening on HOST:PORT" once serving (port 0 picks a free
+port), and exits 0 after a graceful stop on SIGTERM or SIGINT.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import signal
 import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from mmu.errors import ModelError
+from mmu.host import HostConfig
+from mmu.profiles import DEFAULT_PROFILE, PROFILES
+from server.app import create_server
+from server.config import Limits, ServerConfig, split_assignment
+
+LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+_LIMIT_HELP = {
+    "max_vms": "VMs the server holds at once",
+    "max_memslots_per_vm": "memslots per VM",
+    "max_batch_size": "faults in one BatchFault call",
+    "max_tables_per_vm": "page tables per VM (512 SPTEs each; the VM's SPTE limit)",
+    "max_concurrent_streams": "StreamSptes and WatchEvents calls served at once",
+    "default_page_size": "page size of List calls that give none",
+    "max_page_size": "largest page of List calls",
+    "default_chunk_size": "SPTEs per StreamSptes message when the call gives no hint",
+    "max_chunk_size": "largest SPTEs per StreamSptes message",
+}
 
 
-def main() -> int:
-    print("kvmmu-server: the gRPC server does not exist yet (issue #5).", file=sys.stderr)
-    return 1
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"KVMMU_{name.upper().replace('-', '_')}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvmmu-server",
+        description="Serve the KVM x86 MMU model (kvmmu.v1.MmuService) over gRPC, with "
+        "health checking and server reflection. Each flag can also be set with the "
+        "environment variable shown.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--listen",
+        default=_env("listen", "127.0.0.1:50051"),
+        help="address to serve on, HOST:PORT (port 0: any free port) [KVMMU_LISTEN]",
+    )
+    parser.add_argument(
+        "--profile",
+        default=_env("profile", DEFAULT_PROFILE),
+        choices=sorted(PROFILES),
+        help="host profile the kvm modules are set up from [KVMMU_PROFILE]",
+    )
+    env_sets = [s for s in _env("host-set", "").split(",") if s.strip()]
+    parser.add_argument(
+        "--host-set",
+        action="append",
+        default=env_sets,
+        metavar="FIELD=VALUE",
+        help="override one host field of the profile (repeatable; ints may be hex, bools "
+        f"true/false); fields: {', '.join(HostConfig.field_names())} "
+        "[KVMMU_HOST_SET, comma-separated]",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=_env("state-dir", "none"),
+        help="'none' keeps all state in memory; a directory is accepted, but durable "
+        "state is NOT implemented yet (a follow-up issue): the server says so at start "
+        "[KVMMU_STATE_DIR]",
+    )
+    limits = Limits()
+    for name, text in _LIMIT_HELP.items():
+        flag = name.replace("_", "-")
+        parser.add_argument(
+            f"--{flag}",
+            type=int,
+            default=_env(flag, str(getattr(limits, name))),
+            help=f"limit: {text} [KVMMU_{name.upper()}]",
+        )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=_env("workers", "32"),
+        help="RPC worker threads (streams hold one each) [KVMMU_WORKERS]",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=_env("grace", "10"),
+        help="seconds in-flight calls get to finish on SIGTERM/SIGINT [KVMMU_GRACE]",
+    )
+    parser.add_argument(
+        "--shutdown-drain",
+        type=float,
+        default=_env("shutdown-drain", "0.5"),
+        help="seconds health reports NOT_SERVING before the server stops accepting "
+        "[KVMMU_SHUTDOWN_DRAIN]",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=_env("log-level", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="log level; debug logs one line per request [KVMMU_LOG_LEVEL]",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        default=_env("metrics-listen", ""),
+        help="HOST:PORT for a Prometheus /metrics endpoint; empty: none [KVMMU_METRICS_LISTEN]",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    overrides = tuple(split_assignment(item) for item in args.host_set)
+    limits = Limits(**{name: getattr(args, name) for name in _LIMIT_HELP})
+    state_dir = None if args.state_dir.lower() == "none" else Path(args.state_dir)
+    config = ServerConfig(
+        profile=args.profile,
+        host_overrides=overrides,
+        limits=limits,
+        state_dir=state_dir,
+        max_workers=args.workers,
+        grace_seconds=args.grace,
+    )
+    config.host()  # validate the host now: a bad override is a usage error
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        config = config_from_args(args)
+    except (ModelError, ValueError) as exc:
+        parser.error(str(exc))
+    if args.workers <= args.max_concurrent_streams:
+        parser.error("--workers must exceed --max-concurrent-streams")
+    server, port = create_server(args.listen, config=config, metrics=bool(args.metrics_listen))
+    host = args.listen.rpartition(":")[0]
+    if config.state_dir is None:
+        print("kvmmu-server: state is kept in memory only (--state-dir none)", flush=True)
+    else:
+        print(
+            f"kvmmu-server: WARNING: state is NOT persisted: --state-dir {config.state_dir} is "
+            "accepted, but durable state is not implemented yet; every VM is lost when the "
+            "server stops",
+            flush=True,
+        )
+    if server.metrics is not None:
+        metrics_port = server.metrics.serve(args.metrics_listen)
+        print(f"kvmmu-server: metrics on {host}:{metrics_port}/metrics", flush=True)
+    print(f"kvmmu-server: listening on {host}:{port}", flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("kvmmu.server").info("signal %d: stopping gracefully", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    server.stop(drain=args.shutdown_drain)
+    print("kvmmu-server: stopped", flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,126 @@
+"""The server interceptor: error translation (server.status, applied once to
+every RPC), one structured log line per request, and the RPC metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf.message import Message
+from grpc_status import rpc_status
+
+from server.metrics import Metrics
+from server.status import status_for
+
+log = logging.getLogger("kvmmu.server")
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    _Interceptor = grpc.ServerInterceptor
+Unary = Callable[[Any, grpc.ServicerContext], Any]
+Streaming = Callable[[Any, grpc.ServicerContext], Iterator[Any]]
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+class ServingInterceptor(_Interceptor):
+    """Wraps each method handler once (cached per method)."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
+        self._cache: dict[str, Handler] = {}
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        full = handler_call_details.method
+        cached = self._cache.get(full)
+        if cached is not None:
+            return cached
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        wrapped = self._wrap(full, handler)
+        self._cache[full] = wrapped
+        return wrapped
+
+    def _wrap(self, full: str, handler: Handler) -> Handler:
+        method = full.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # the API has no client-streaming RPCs
+
+    def _done(self, method: str, code: str, start: float, context: grpc.ServicerContext) -> None:
+        seconds = time.perf_counter() - start
+        if self.metrics is not None:
+            self.metrics.observe(method, code, seconds)
+        if code == "OK" and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "rpc method=%s code=OK ms=%.3f peer=%s", method, seconds * 1e3, context.peer()
+            )
+
+    def _failed(
+        self,
+        method: str,
+        exc: Exception,
+        request: Message | None,
+        start: float,
+        context: grpc.ServicerContext,
+    ) -> Any:
+        status = status_for(exc, method, request)
+        code = _CODE_NAMES.get(status.code, "UNKNOWN")
+        self._done(method, code, start, context)
+        log.warning(
+            "rpc method=%s code=%s ms=%.3f peer=%s message=%r",
+            method,
+            code,
+            (time.perf_counter() - start) * 1e3,
+            context.peer(),
+            status.message,
+        )
+        context.abort_with_status(rpc_status.to_status(status))
+
+    def _unary(self, method: str, behavior: Unary) -> Unary:
+        def serve(request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            try:
+                response = behavior(request, context)
+            except Exception as exc:
+                error = exc
+            else:
+                self._done(method, "OK", start, context)
+                return response
+            return self._failed(method, error, request, start, context)
+
+        return serve
+
+    def _streaming(self, method: str, behavior: Streaming) -> Streaming:
+        def serve(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            start = time.perf_counter()
+            try:
+                yield from behavior(request, context)
+            except Exception as exc:
+                error = exc
+            else:
+                code = "OK" if context.is_active() else "CANCELLED"
+                self._done(method, code, start, context)
+                return
+            self._failed(method, error, request, start, context)
+
+        return serve
