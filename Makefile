@@ -49,6 +49,7 @@ test: proto-check buf-lint lint typecheck unit
 bench: $(STAMP)
 	$(PY) bench/spte.py
 	$(PY) bench/mmu.py
+	$(PY) bench/rpc.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -22,6 +22,7 @@ from mmu.host import Host
 from server import ops
 from server.config import Limits
 from server.convert.events import event_to_proto, outcome_code, warning_event
+from server.convert.packed import fill
 from server.errors import FieldError
 from server.names import parse_vm_name
 
@@ -129,8 +130,9 @@ def batch_fault_op(request: fault_pb2.BatchFaultRequest, limits: Limits) -> ops.
 
 def batch_response(result: BatchResult) -> fault_pb2.BatchFaultResponse:
     msg = fault_pb2.BatchFaultResponse()
-    msg.outcomes.extend(result.outcomes.tolist())
-    msg.sptes.extend(result.sptes.tolist())
-    msg.levels.extend(result.levels.tolist())
-    msg.gfns.extend(result.gfns.tolist())
+    fill(
+        msg,
+        small={"outcomes": result.outcomes, "levels": result.levels},
+        wide={"sptes": result.sptes, "gfns": result.gfns},
+    )
     return msg

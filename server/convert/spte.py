@@ -26,6 +26,7 @@ from mmu.spte import (
 )
 from server.config import Limits
 from server.convert.memslot import gfn_range
+from server.convert.packed import fill
 from server.errors import FieldError
 from server.names import parse_vm_name
 
@@ -77,10 +78,11 @@ def dump_query(request: spte_pb2.StreamSptesRequest, limits: Limits) -> DumpQuer
 def chunk_to_proto(part: SpteArrays) -> spte_pb2.StreamSptesResponse:
     """One chunk; the model's tree numbers (1 direct, 2 mirror) are TdpRoot's values."""
     msg = spte_pb2.StreamSptesResponse()
-    msg.gfns.extend(part.gfns.tolist())
-    msg.levels.extend(part.levels.tolist())
-    msg.values.extend(part.values.tolist())
-    msg.roots.extend(part.trees.tolist())
+    fill(
+        msg,
+        small={"levels": part.levels, "roots": part.trees},
+        wide={"gfns": part.gfns, "values": part.values},
+    )
     return msg
 
 
