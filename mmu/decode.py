@@ -531,7 +531,9 @@ def decode_spte(vm: MmioVm, value: int, level: int | None = None) -> SpteDecode:
             ad = "A/D enabled" if spte_ad_enabled(layout, value) else "A/D disabled"
             tracked = " and access-tracked" if is_access_track_spte(host, value) else ""
             reasons.append(f"{ad}{tracked}; executable: {is_executable_pte(host, value)}")
-        verdict = f"{kind.value} SPTE, pfn {spte_to_pfn(host, value):#x}"
+        verdict = f"present {kind.value} SPTE at {where}, pfn {spte_to_pfn(host, value):#x}"
+        if access:
+            verdict += f" ({access})"
     else:
         kind = SpteKind.NON_PRESENT
         reasons.insert(0, "bit 11 (SPTE_MMU_PRESENT) clear: KVM treats it as not present")

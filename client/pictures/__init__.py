@@ -1,0 +1,1 @@
+"""Pictures of SPTEs and VMs: SVG bit-field diagrams and a self-contained HTML report."""

@@ -1,0 +1,1 @@
+"""Scenario files: operations and expectations, run offline or against a server."""
