@@ -1,0 +1,206 @@
+"""The one seam to gRPC: channel, TLS, token, deadlines, retries and error mapping.
+
+Every RPC goes through `Transport.unary` or `Transport.stream`, so each call
+gets the default deadline (unless overridden), the bearer token, errors
+translated by `client.errors.error_from_rpc`, and - for idempotent reads only -
+retries on UNAVAILABLE with exponential backoff inside the same deadline.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Final, Generic, TypeVar
+
+import grpc
+
+from client.errors import KvmmuError, error_from_rpc
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+T = TypeVar("T")
+
+DEFAULT_TARGET: Final = "127.0.0.1:50051"
+DEFAULT_TIMEOUT: Final = 10.0
+MAX_MESSAGE_BYTES: Final = 256 * 1024 * 1024
+
+
+class Default(Enum):
+    """Sentinel type: "use the client's default deadline"."""
+
+    TIMEOUT = "default"
+
+
+DEFAULT: Final = Default.TIMEOUT
+Timeout = float | None | Default
+"""A per-call deadline in seconds; None waits forever; DEFAULT uses the client's."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS settings: CA bundle (None: system roots), client certificate and key for mTLS.
+
+    Each of `ca`, `cert`, `key` is a path to a PEM file or the PEM bytes.
+    `server_name` overrides the name checked against the server certificate.
+    """
+
+    ca: Path | str | bytes | None = None
+    cert: Path | str | bytes | None = None
+    key: Path | str | bytes | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The grpc channel credentials; ValueError if only one of cert and key is given."""
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+        return grpc.ssl_channel_credentials(
+            root_certificates=_pem(self.ca),
+            private_key=_pem(self.key),
+            certificate_chain=_pem(self.cert),
+        )
+
+
+def _pem(source: Path | str | bytes | None) -> bytes | None:
+    if source is None or isinstance(source, bytes):
+        return source
+    return Path(source).read_bytes()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries of idempotent reads on UNAVAILABLE: attempts in all, exponential backoff."""
+
+    attempts: int = 4
+    initial_backoff: float = 0.05
+    max_backoff: float = 1.0
+    multiplier: float = 2.0
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (0-based), with +-20% jitter."""
+        base = min(self.initial_backoff * self.multiplier**retry, self.max_backoff)
+        return base * random.uniform(0.8, 1.2)
+
+
+NO_RETRY: Final = RetryPolicy(attempts=1)
+
+
+def make_channel(target: str, tls: TlsConfig | bool | None) -> grpc.Channel:
+    """A channel to `target`; TLS when `tls` is a TlsConfig or True (system roots)."""
+    options: list[tuple[str, int | str]] = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # Reconnect quickly, so a retry can find a server that just came back.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+    if tls is None or tls is False:
+        return grpc.insecure_channel(target, options=options)
+    config = TlsConfig() if tls is True else tls
+    if config.server_name:
+        options.append(("grpc.ssl_target_name_override", config.server_name))
+    return grpc.secure_channel(target, config.credentials(), options=options)
+
+
+class Stream(Generic[T]):
+    """An open server stream: iterate it for values; `cancel()` (or `with`) ends it early."""
+
+    def __init__(self, call: grpc.CallIterator[Resp], convert: Callable[[Resp], T]) -> None:
+        self._call = call
+        self._iter: Iterator[Resp] = iter(call)
+        self._convert = convert
+
+    def __iter__(self) -> Stream[T]:
+        return self
+
+    def __next__(self) -> T:
+        try:
+            message = next(self._iter)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return self._convert(message)
+
+    def cancel(self) -> None:
+        """Cancel the call; iteration then stops with `client.errors.Cancelled`."""
+        self._call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
+
+    def __enter__(self) -> Stream[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class Transport:
+    """A channel plus the call policy (deadline, token, retries) the client applies."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        self.channel = channel
+        self.timeout = timeout
+        self.retry = retry
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+
+    def _seconds(self, timeout: Timeout) -> float | None:
+        return self.timeout if isinstance(timeout, Default) else timeout
+
+    def unary(
+        self,
+        rpc: grpc.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        *,
+        idempotent: bool,
+        timeout: Timeout = DEFAULT,
+    ) -> Resp:
+        """Call `rpc` once (or, if idempotent, until it stops being UNAVAILABLE)."""
+        seconds = self._seconds(timeout)
+        deadline = None if seconds is None else time.monotonic() + seconds
+        attempts = self.retry.attempts if idempotent else 1
+        for attempt in range(attempts):
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                return rpc(request, timeout=left, metadata=self.metadata)
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc)
+                if not self._retry(error, attempt, attempts, deadline):
+                    raise error from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _retry(
+        self, error: KvmmuError, attempt: int, attempts: int, deadline: float | None
+    ) -> bool:
+        if error.code != grpc.StatusCode.UNAVAILABLE or attempt + 1 >= attempts:
+            return False
+        pause = self.retry.backoff(attempt)
+        if deadline is not None and time.monotonic() + pause >= deadline:
+            return False
+        time.sleep(pause)
+        return True
+
+    def stream(
+        self,
+        rpc: grpc.UnaryStreamMultiCallable[Req, Resp],
+        request: Req,
+        convert: Callable[[Resp], T],
+        *,
+        timeout: Timeout = DEFAULT,
+    ) -> Stream[T]:
+        """Start a server stream (never retried: it may already have sent messages)."""
+        call = rpc(request, timeout=self._seconds(timeout), metadata=self.metadata)
+        return Stream(call, convert)
+
+    def close(self) -> None:
+        """Close the channel (cancels calls still running)."""
+        self.channel.close()
