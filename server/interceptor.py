@@ -12,6 +12,7 @@ import grpc
 from google.protobuf.message import Message
 from grpc_status import rpc_status
 
+from server.errors import FieldError
 from server.metrics import Metrics
 from server.status import status_for
 
@@ -25,6 +26,32 @@ else:
 Unary = Callable[[Any, grpc.ServicerContext], Any]
 Streaming = Callable[[Any, grpc.ServicerContext], Iterator[Any]]
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+class _Malformed:
+    """Stands for a request whose bytes are not a valid message of the RPC's type."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A request deserializer that never raises (grpc would answer INTERNAL)."""
+    if parse is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:
+            return _Malformed(exc)
+
+    return deserialize
+
+
+def _check(request: Any) -> None:
+    if isinstance(request, _Malformed):
+        raise FieldError(f"the request bytes are not a valid message: {request.error}", field="")
 
 
 class ServingInterceptor(_Interceptor):
@@ -55,13 +82,13 @@ class ServingInterceptor(_Interceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._streaming(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler  # the API has no client-streaming RPCs
@@ -83,7 +110,7 @@ class ServingInterceptor(_Interceptor):
         start: float,
         context: grpc.ServicerContext,
     ) -> Any:
-        status = status_for(exc, method, request)
+        status = status_for(exc, method, request if isinstance(request, Message) else None)
         code = _CODE_NAMES.get(status.code, "UNKNOWN")
         self._done(method, code, start, context)
         log.warning(
@@ -100,6 +127,7 @@ class ServingInterceptor(_Interceptor):
         def serve(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             try:
+                _check(request)
                 response = behavior(request, context)
             except Exception as exc:
                 error = exc
@@ -114,6 +142,7 @@ class ServingInterceptor(_Interceptor):
         def serve(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             start = time.perf_counter()
             try:
+                _check(request)
                 yield from behavior(request, context)
             except Exception as exc:
                 error = exc

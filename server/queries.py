@@ -88,26 +88,39 @@ class EventBatch:
     lost: int
 
 
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """A subscription to a VM's event log: where it starts."""
+
+    vm_id: str
+    host: Host
+    first_sequence: int
+
+
+def start_watch(registry: Registry, vm_id: str, from_sequence: int | None) -> Watch:
+    """Subscribe at `from_sequence`, or at the next event to be logged."""
+    with registry.locked(vm_id) as entry:
+        vm = entry.vm
+        seq = vm.next_event_seq if from_sequence is None else from_sequence
+        return Watch(vm_id, vm.host, seq)
+
+
 def watch_events(
     registry: Registry,
-    vm_id: str,
-    from_sequence: int | None,
+    watch: Watch,
     follow: bool,
     names: frozenset[str],
     active: Callable[[], bool],
 ) -> Iterator[EventBatch]:
-    """The VM's logged events from `from_sequence` (or from now), in batches."""
-    entry = registry.entry(vm_id)
-    with entry.lock:
-        if entry.deleted:
-            raise ResourceNotFound(VM_TYPE, vm_name(vm_id))
-        seq = entry.vm.next_event_seq if from_sequence is None else max(from_sequence, 1)
-        host = entry.vm.host
+    """The VM's logged events from the watch's start, in batches; with `follow`, until
+    the caller goes away, the VM is deleted (NOT_FOUND) or the server stops."""
+    entry = registry.entry(watch.vm_id)
+    seq = watch.first_sequence
     while True:
         with entry.lock:
             while True:
                 if entry.deleted:
-                    raise ResourceNotFound(VM_TYPE, vm_name(vm_id))
+                    raise ResourceNotFound(VM_TYPE, vm_name(watch.vm_id))
                 events, lost = entry.vm.events_since(seq)
                 stop = not follow or registry.closed.is_set() or not active()
                 if events or lost or stop:
@@ -119,7 +132,7 @@ def watch_events(
         for i in range(0, max(len(events), 1), EVENTS_PER_MESSAGE):
             part = events[i : i + EVENTS_PER_MESSAGE]
             if part or (lost and i == 0):
-                yield EventBatch(host, part, lost if i == 0 else 0)
+                yield EventBatch(watch.host, part, lost if i == 0 else 0)
         if stop:
             return
 

@@ -244,14 +244,12 @@ class MmuServicer(service_pb2_grpc.MmuServiceServicer):
             request.HasField("from_sequence"), request.from_sequence
         )
         with self._stream_slot():
+            watch = queries.start_watch(self.registry, vm_id, start)
             context.add_callback(lambda: self.registry.wake(vm_id))
+            # Tells the client it is subscribed, and at which sequence number.
+            context.send_initial_metadata((("kvmmu-first-sequence", str(watch.first_sequence)),))
             batches = queries.watch_events(
-                self.registry,
-                vm_id,
-                start,
-                request.follow,
-                frozenset(request.names),
-                context.is_active,
+                self.registry, watch, request.follow, frozenset(request.names), context.is_active
             )
             for batch in batches:
                 yield events_pb2.WatchEventsResponse(
