@@ -88,14 +88,13 @@ def unary(channel: grpc.Channel, stub: service_pb2_grpc.MmuServiceStub) -> dict[
 
 def batch(stub: service_pb2_grpc.MmuServiceStub) -> tuple[str, float]:
     name = new_vm(stub, "batch", PAGES)
-    gpas = ((np.arange(PAGES, dtype=np.uint64) + np.uint64(BASE_GFN)) << np.uint64(12)).tolist()
-    requests = [
-        fault_pb2.BatchFaultRequest(name=name, gpas=gpas[i : i + BATCH], shared_error_code=WRITE)
-        for i in range(0, PAGES, BATCH)
-    ]
+    gpas = (np.arange(PAGES, dtype=np.uint64) + np.uint64(BASE_GFN)) << np.uint64(12)
     fixed = 0
-    start = time.perf_counter()
-    for request in requests:
+    start = time.perf_counter()  # end to end: numpy in, request built, response decoded
+    for i in range(0, PAGES, BATCH):
+        request = fault_pb2.BatchFaultRequest(
+            name=name, gpas=gpas[i : i + BATCH].tolist(), shared_error_code=WRITE
+        )
         response = stub.BatchFault(request)
         fixed += np.count_nonzero(np.array(response.outcomes, dtype=np.int8) == 5)
     seconds = time.perf_counter() - start
