@@ -1,0 +1,1 @@
+"""The `kvmmu` CLI commands, one module per area; `client.cli` assembles them."""

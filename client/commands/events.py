@@ -1,0 +1,83 @@
+"""`kvmmu events`: a VM's kvmmmu tracepoint events, replayed or followed."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.text import Text
+
+from client.commands.app import App, pass_app
+from client.commands.output import message_dict
+from client.commands.params import VM
+from client.events import Event, EventBatch
+
+
+def ftrace_line(event: Event) -> str:
+    """The event as a line of /sys/kernel/tracing/trace (the model has no clock: the
+    timestamp is the sequence number in microseconds)."""
+    stamp = event.sequence / 1e6
+    return f"{'kvmmu':>16}-0     [000] .....  {stamp:12.6f}: {event.name}: {event.text}"
+
+
+def _print_batch(app: App, batch: EventBatch, fmt: str) -> None:
+    out = app.out
+    if out.json_mode:
+        out.json_line(batch.proto)
+        return
+    if batch.lost_events:
+        out.styled(Text(f"... {batch.lost_events} events lost ...", style="red"))
+    for event in batch.events:
+        if fmt == "json":
+            out.write(json.dumps(message_dict(event.proto), separators=(",", ":")))
+        elif fmt == "ftrace":
+            out.write(ftrace_line(event))
+        else:
+            line = Text(f"{event.sequence:>8} ", style="dim")
+            line.append(event.name, style="bold")
+            line.append(f": {event.text}")
+            out.styled(line)
+
+
+@click.command(
+    "events",
+    epilog="\b\nExamples:\n  kvmmu vm tracing td1 on\n  kvmmu events td1\n"
+    "  kvmmu events td1 --follow --format ftrace\n"
+    "  kvmmu events td1 --from 100 --name kvm_mmu_set_spte --name mark_mmio_spte\n"
+    "\b\nEvents are recorded only while the VM's tracing is on (`kvmmu vm tracing`).\n"
+    "Without --follow the retained log is printed from --from (default 1) and the\n"
+    "command ends; --follow keeps printing new events until interrupted.\n"
+    "--json prints each WatchEvents message; --format json one Event per line.",
+)
+@click.argument("vm", type=VM)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
+@click.option(
+    "--from",
+    "from_sequence",
+    type=click.IntRange(1),
+    help="First sequence number (default: 1, or only new events with --follow).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "ftrace", "json"]),
+    default="text",
+    show_default=True,
+    help="Line format.",
+)
+@click.option("--name", "names", multiple=True, help="Only this tracepoint (repeatable).")
+@pass_app
+def events(
+    app: App, vm: str, follow: bool, from_sequence: int | None, fmt: str, names: tuple[str, ...]
+) -> None:
+    """Print a VM's events (kvmmmu tracepoints and KVM WARNs)."""
+    if from_sequence is None and not follow:
+        from_sequence = 1
+    stream = app.client.watch_events(vm, from_sequence=from_sequence, follow=follow, names=names)
+    with stream:
+        for batch in stream:
+            _print_batch(app, batch, fmt)
+            app.out.flush()
+
+
+COMMANDS = [events]
