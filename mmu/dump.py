@@ -67,16 +67,48 @@ def dump_arrays(
     tree: int | None = None,
 ) -> SpteArrays:
     """Entries that are not SHADOW_NONPRESENT_VALUE (non-leaf pointers only on request)."""
+    trees = (TREE_DIRECT, TREE_MIRROR) if tree is None else (tree,)
+    parts = [
+        p
+        for t in trees
+        for p in _tree_parts(state, t, start, end, level, only_present, include_nonleaf)
+    ]
+    if not parts:
+        return _EMPTY
+    return SpteArrays(
+        np.concatenate([p.trees for p in parts]),
+        np.concatenate([p.gfns for p in parts]),
+        np.concatenate([p.levels for p in parts]),
+        np.concatenate([p.values for p in parts]),
+    )
+
+
+def _tree_parts(
+    state: VmState,
+    tree: int,
+    start: int,
+    end: int | None,
+    level: int | None,
+    only_present: bool,
+    include_nonleaf: bool,
+) -> list[SpteArrays]:
+    """One tree's entries sorted by (gfn, level).
+
+    Within a level, tables sorted by their first GFN give entries in GFN order;
+    the per-level runs are then merged with a stable sort, which finds the
+    runs instead of sorting every entry from scratch.
+    """
     pool = state.pool
     slots = pool.live_slots(tree)
     if len(slots) == 0:
-        return _EMPTY
-    parts: list[SpteArrays] = []
+        return []
     levels_of = pool.level[slots]
+    runs: list[SpteArrays] = []
     for table_level in sorted(set(levels_of.tolist())):
         if level is not None and table_level != level:
             continue
         sel = slots[levels_of == table_level]
+        sel = sel[np.argsort(pool.gfn[sel], kind="stable")]
         rows = pool.entries[sel]
         keep = rows != np.uint64(SHADOW_NONPRESENT_VALUE)
         present = (rows & np.uint64(SPTE_MMU_PRESENT_MASK)) != 0
@@ -89,32 +121,36 @@ def dump_arrays(
             continue
         span = np.uint64(1 << (9 * (table_level - 1)))
         gfns = pool.gfn[sel][table_idx] + entry_idx.astype(np.uint64) * span
-        trees = pool.tree[sel][table_idx]
-        if state.gfn_direct_bits:
-            gfns = np.where(trees == TREE_DIRECT, gfns & ~np.uint64(state.gfn_direct_bits), gfns)
+        if state.gfn_direct_bits and tree == TREE_DIRECT:
+            gfns &= ~np.uint64(state.gfn_direct_bits)
         in_range = gfns + span > np.uint64(start)
         if end is not None:
             in_range &= gfns < np.uint64(end)
-        parts.append(
+        count = int(in_range.sum())
+        runs.append(
             SpteArrays(
-                trees[in_range],
+                np.full(count, tree, dtype=np.int8),
                 gfns[in_range],
-                np.full(int(in_range.sum()), table_level, dtype=np.int8),
+                np.full(count, table_level, dtype=np.int8),
                 rows[table_idx, entry_idx][in_range],
             )
         )
-    if not parts:
-        return _EMPTY
+    if len(runs) <= 1:
+        return runs
     merged = SpteArrays(
-        np.concatenate([p.trees for p in parts]),
-        np.concatenate([p.gfns for p in parts]),
-        np.concatenate([p.levels for p in parts]),
-        np.concatenate([p.values for p in parts]),
+        np.concatenate([r.trees for r in runs]),
+        np.concatenate([r.gfns for r in runs]),
+        np.concatenate([r.levels for r in runs]),
+        np.concatenate([r.values for r in runs]),
     )
-    order = np.lexsort((merged.levels, merged.gfns, merged.trees))
-    return SpteArrays(
-        merged.trees[order], merged.gfns[order], merged.levels[order], merged.values[order]
-    )
+    # Runs are concatenated by ascending level, so a stable sort on GFN orders
+    # equal GFNs by level.
+    order = np.argsort(merged.gfns, kind="stable")
+    return [
+        SpteArrays(
+            merged.trees[order], merged.gfns[order], merged.levels[order], merged.values[order]
+        )
+    ]
 
 
 def count_tables(state: VmState) -> dict[str, int]:

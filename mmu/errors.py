@@ -2,6 +2,7 @@
 
     ModelError
     ├── InvalidInput       a value is malformed or out of range (caller's fault)
+    │   └── HostRejected   well-formed, but this host's configuration rejects it
     ├── NotFound           a VM or memslot that does not exist
     ├── Conflict           the request collides with existing state (-EEXIST)
     ├── Refused            KVM would refuse it in the current state (-EINVAL,
@@ -30,6 +31,10 @@ class ModelError(Exception):
 
 class InvalidInput(ModelError):
     """A malformed or out-of-range value."""
+
+
+class HostRejected(InvalidInput):
+    """A well-formed value this host rejects (outside its MMIO mask, beyond its MAXPHYADDR)."""
 
 
 class NotFound(ModelError):

@@ -346,6 +346,8 @@ def _new_tables(
     which = np.concatenate(pair_rep)
     levels = np.concatenate(pair_level)
     if len(which) == 0:
+        if pool.live + state.root_level > pool.max_tables:
+            return None
         return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
     order = np.lexsort((-levels, reps[which]))
     which, levels = which[order], levels[order]
@@ -354,7 +356,9 @@ def _new_tables(
     _, first = np.unique(combo, return_index=True)
     first.sort()
     which, levels, keys, combo = which[first], levels[first], keys[first], combo[first]
-    if pool.live + len(which) > pool.max_tables:
+    # Each fault of the run passes mmu_topup_memory_caches, which wants a full walk's
+    # worth of tables free; with less headroom the scalar path decides fault by fault.
+    if pool.live + len(which) + state.root_level > pool.max_tables:
         return None
     table_gfns = keys << (U64(9) * levels.astype(np.uint64))
     new_slots = pool.alloc_many(levels.astype(np.int8), table_gfns, TREE_DIRECT)

@@ -107,12 +107,10 @@ def run_op(vm: Vm, op: dict[str, Any]) -> dict[str, Any]:
             )
             return {"result": "ok", "young": a.young, "spte_changes": a.spte_changes}
         if name == "set_memory_attributes":
-            before = vm.state.attributes.intervals()
-            r = vm.set_memory_attributes(
+            attrs = vm.set_memory_attributes(
                 hexint(op["start_gfn"]), hexint(op["end_gfn"]), bool(op["private"])
             )
-            changed = vm.state.attributes.intervals() != before or r.spte_changes
-            return {"result": "ok" if changed else "noop", "spte_changes": r.spte_changes}
+            return {"result": attrs.result, "spte_changes": attrs.spte_changes}
         if name == "set_mmio_value":
             r = vm.set_mmio_value(hexint(op["value"]), existing="keep", validate=False)
             return {"result": "ok", "spte_changes": r.spte_changes}

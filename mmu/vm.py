@@ -20,7 +20,7 @@ from mmu import aging, dirty_log, memslot_ops, tdp_mmu
 from mmu.bits import fits_u64
 from mmu.constants import KVM_PAGES_PER_HPAGE, PG_LEVEL_1G, PG_LEVEL_4K
 from mmu.dump import SpteArrays, count_tables, dump_arrays
-from mmu.errors import Conflict, InvalidInput, NotFound, Refused
+from mmu.errors import Conflict, HostRejected, InvalidInput, NotFound, Refused
 from mmu.events import Event, OpContext
 from mmu.fault import FaultResult, page_fault
 from mmu.host import Host
@@ -43,6 +43,14 @@ class OpResult:
     spte_changes: int
     events: tuple[Event, ...] = ()
     warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AttributesResult:
+    """KVM_SET_MEMORY_ATTRIBUTES: "ok", or "noop" when every GFN already had the attribute."""
+
+    result: str
+    spte_changes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +151,31 @@ class Vm:
     def generation(self) -> int:
         return self.state.generation
 
+    @property
+    def guest_maxphyaddr(self) -> int:
+        return self.state.guest_maxphyaddr
+
+    @property
+    def gfn_direct_bits(self) -> int:
+        """The TD's shared bit as a GFN bit (0 for other VMs)."""
+        return self.state.gfn_direct_bits
+
+    @property
+    def mt_bits(self) -> int:
+        return self.state.mt_bits
+
+    @property
+    def root_level(self) -> int:
+        return self.state.root_level
+
+    @property
+    def nr_memslot_as_ids(self) -> int:
+        return self.state.nr_as_ids
+
+    def attributes(self) -> list[tuple[int, int]]:
+        """The GFN ranges [start, end) that are private."""
+        return self.state.attributes.intervals()
+
     def stats(self) -> dict[str, int]:
         return self.state.stats.as_dict()
 
@@ -182,15 +215,15 @@ class Vm:
         host = self.host
         mask = host.shadow_mmio_mask
         if value & ~mask:
-            raise InvalidInput(
+            raise HostRejected(
                 f"{value:#x} has bits outside the host's MMIO mask {mask:#x}", field="value"
             )
         if value & (host.shadow_nonpresent_or_rsvd_mask << 5):
-            raise InvalidInput("value overlaps the L1TF-relocated GPA bits", field="value")
+            raise HostRejected("value overlaps the L1TF-relocated GPA bits", field="value")
         if value and (host.layout.frozen_spte & mask) == value:
-            raise InvalidInput("FROZEN_SPTE would look like an MMIO SPTE", field="value")
+            raise HostRejected("FROZEN_SPTE would look like an MMIO SPTE", field="value")
         if (1 << 63) & mask == value:
-            raise InvalidInput(
+            raise HostRejected(
                 "SHADOW_NONPRESENT_VALUE would look like an MMIO SPTE (every empty SPTE)",
                 field="value",
             )
@@ -242,11 +275,11 @@ class Vm:
             raise InvalidInput("must be 1 (4K), 2 (2M) or 3 (1G)", field="backing_level")
         limit = 1 << (self.host.config.maxphyaddr - 12)
         if slot.host_pfn_base + slot.npages > limit:
-            raise InvalidInput("host PFNs beyond the host's MAXPHYADDR", field="host_pfn_base")
+            raise HostRejected("host PFNs beyond the host's MAXPHYADDR", field="host_pfn_base")
         if slot.gmem_pfn_base is not None:
             _u64(slot.gmem_pfn_base, "gmem_pfn_base")
             if slot.gmem_pfn_base + slot.npages > limit:
-                raise InvalidInput("PFNs beyond the host's MAXPHYADDR", field="gmem_pfn_base")
+                raise HostRejected("PFNs beyond the host's MAXPHYADDR", field="gmem_pfn_base")
         for level in range(2, min(slot.backing_level, self.host.max_huge_page_level) + 1):
             size = KVM_PAGES_PER_HPAGE(level)
             if not slot.hva_incongruent(level) and (slot.host_pfn_base ^ slot.base_gfn) & (
@@ -303,13 +336,13 @@ class Vm:
         deleted = self.delete_memslot(slot.id)
         return deleted, self.create_memslot(slot)
 
-    def set_memory_attributes(self, start: int, end: int, private: bool) -> OpResult:
+    def set_memory_attributes(self, start: int, end: int, private: bool) -> AttributesResult:
         _u64(start, "start_gfn")
         _u64(end, "end_gfn")
         ctx = self._context()
-        memslot_ops.set_memory_attributes(self.state, ctx, start, end, private)
+        result = memslot_ops.set_memory_attributes(self.state, ctx, start, end, private)
         self._finish(ctx)
-        return OpResult(ctx.spte_changes, tuple(ctx.events or ()), tuple(ctx.warnings))
+        return AttributesResult(result, ctx.spte_changes)
 
     # --- faults ---------------------------------------------------------------
 
@@ -336,7 +369,9 @@ class Vm:
         return result
 
     def fault_batch(
-        self, gpas: Sequence[int] | npt.NDArray[np.uint64], error_codes: Sequence[int] | int = 0
+        self,
+        gpas: Sequence[int] | npt.NDArray[np.uint64],
+        error_codes: Sequence[int] | npt.NDArray[np.uint64] | int = 0,
     ) -> BatchResult:
         from mmu.fault_batch import run_batch  # noqa: PLC0415
 
@@ -434,4 +469,4 @@ class Vm:
 
 from mmu.fault_batch import BatchResult  # noqa: E402  (circular: fault_batch uses Vm)
 
-__all__ = ["PG_LEVEL_1G", "AgeResult", "BatchResult", "OpResult", "Vm"]
+__all__ = ["PG_LEVEL_1G", "AgeResult", "AttributesResult", "BatchResult", "OpResult", "Vm"]

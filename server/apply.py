@@ -10,7 +10,7 @@ a VM are also ordered by the registry lock). Read-only RPCs do not come here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from mmu.errors import LimitExceeded, Refused
@@ -139,12 +139,8 @@ def _delete_memslot(
 def _set_memory_attributes(
     entry: VmEntry, _limits: Limits, op: ops.SetMemoryAttributes
 ) -> ops.AttributesResult:
-    vm = entry.vm
-    noop = op.start_gfn < op.end_gfn and vm.state.attributes.all_have(
-        op.start_gfn, op.end_gfn, op.private
-    )
-    result = vm.set_memory_attributes(op.start_gfn, op.end_gfn, op.private)
-    return ops.AttributesResult(noop, result.spte_changes)
+    result = entry.vm.set_memory_attributes(op.start_gfn, op.end_gfn, op.private)
+    return ops.AttributesResult(result.result == "noop", result.spte_changes)
 
 
 def _fault(entry: VmEntry, _limits: Limits, op: ops.Fault) -> ops.FaultReply:
@@ -157,8 +153,7 @@ def _fault(entry: VmEntry, _limits: Limits, op: ops.Fault) -> ops.FaultReply:
 def _batch_fault(entry: VmEntry, _limits: Limits, op: ops.BatchFault) -> BatchResult:
     if op.error_codes is None:
         return entry.vm.fault_batch(op.gpas, op.shared_error_code)
-    # Vm.fault_batch takes arrays too (np.asarray); its annotation says Sequence[int].
-    return entry.vm.fault_batch(op.gpas, cast("Sequence[int]", op.error_codes))
+    return entry.vm.fault_batch(op.gpas, op.error_codes)
 
 
 def _zap(entry: VmEntry, _limits: Limits, op: ops.Zap) -> OpResult:

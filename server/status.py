@@ -23,8 +23,16 @@ from typing import Any, Final
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from mmu.errors import Conflict, InvalidInput, LimitExceeded, ModelError, NotFound, Refused
-from server.errors import FieldError, ResourceExists, ResourceNotFound
+from mmu.errors import (
+    Conflict,
+    HostRejected,
+    InvalidInput,
+    LimitExceeded,
+    ModelError,
+    NotFound,
+    Refused,
+)
+from server.errors import ResourceExists, ResourceNotFound
 
 DOMAIN: Final = "kvmmu.v1"
 log = logging.getLogger("kvmmu.server")
@@ -58,12 +66,6 @@ FIELD_PATHS: Final[dict[str, dict[str, str]]] = {
     "AgeSptes": dict(_GFN_RANGE),
     "SetMemoryAttributes": dict(_GFN_RANGE),
     "ListMemslots": {"name": "parent"},
-}
-# (RPC, proto field) whose model InvalidInput depends on the host's configuration.
-HOST_DEPENDENT: Final = {
-    ("SetMmioValue", "value"),
-    ("SetMemslot", "memslot.host_pfn_base"),
-    ("SetMemslot", "memslot.gmem_pfn_base"),
 }
 
 
@@ -121,7 +123,7 @@ Details = tuple[int, str, list[Message]]
 
 
 def _invalid(exc: ModelError, method: str, field: str) -> Details:
-    if (method, field) in HOST_DEPENDENT and not isinstance(exc, FieldError):
+    if isinstance(exc, HostRejected):
         return (
             code_pb2.FAILED_PRECONDITION,
             "HOST_REJECTS_VALUE",

@@ -295,7 +295,9 @@ class BatchFaultRequest(_message.Message):
     """The error code of every fault when error_codes is empty."""
     @_builtins.property
     def gpas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Faulting guest physical addresses, in the order they are taken."""
+        """Faulting guest physical addresses, in the order they are taken (fixed64: raw
+        uint64 arrays on the wire, cheap to build and read from numpy).
+        """
 
     @_builtins.property
     def error_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:

@@ -181,7 +181,10 @@ class StreamSptesResponse(_message.Message):
     ROOTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def gfns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """First GFN each entry maps (TDX shared bit stripped)."""
+        """Wide arrays are fixed64: most SPTEs have bit 63 set (a 10-byte varint), and
+        fixed64 arrays travel and convert as raw little-endian uint64 arrays.
+        First GFN each entry maps (TDX shared bit stripped).
+        """
 
     @_builtins.property
     def levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -26,34 +27,49 @@ def outcome_code(outcome: Outcome | str | None) -> common_pb2.FaultOutcome.Value
     return common_pb2.FaultOutcome.ValueType(OUTCOME_CODES.get(Outcome(outcome), 0))
 
 
-def _fill(sub: Message, names: tuple[str, ...], values: tuple[Any, ...], host: Host) -> None:
-    fields = sub.DESCRIPTOR.fields_by_name
-    for model_name, value in zip(names, values, strict=True):
-        name = _RENAMES.get(model_name, model_name)
-        field = fields.get(name)
+Converter = Callable[[Any], Any]
+
+
+def _plan(name: str, host: Host) -> tuple[type[Message], tuple[tuple[int, str, Converter], ...]]:
+    """How the model's event tuple fills the tracepoint's proto message: built once."""
+    sub_type = type(getattr(events_pb2.Event(), name))
+    fields = sub_type.DESCRIPTOR.fields_by_name
+    steps: list[tuple[int, str, Converter]] = []
+    for i, model_name in enumerate(EVENT_FIELDS.get(name, ())):
+        proto_name = _RENAMES.get(model_name, model_name)
+        field = fields.get(proto_name)
         if field is None:
             continue
-        if name == "ret":
-            setattr(sub, name, outcome_code(value))
-        elif name == "access" and sub.DESCRIPTOR.name == "KvmMmuSpteRequestedEvent":
+        if proto_name == "ret":
+            steps.append((i, proto_name, outcome_code))
+        elif proto_name == "access" and sub_type.DESCRIPTOR.name == "KvmMmuSpteRequestedEvent":
             if host.layout.trace_spte_requested_has_access:
-                setattr(sub, name, int(value))
+                steps.append((i, proto_name, int))
         elif field.type == FieldDescriptor.TYPE_BOOL:
-            setattr(sub, name, bool(value))
+            steps.append((i, proto_name, bool))
         else:
-            setattr(sub, name, int(value))
+            steps.append((i, proto_name, int))
+    return sub_type, tuple(steps)
+
+
+_PLANS: dict[tuple[int, str], tuple[type[Message], tuple[tuple[int, str, Converter], ...]]] = {}
 
 
 def event_to_proto(host: Host, sequence: int, event: tuple[Any, ...]) -> events_pb2.Event:
     name = event[0]
-    msg = events_pb2.Event(sequence=sequence, name=name, text=format_event(host, event))
-    if name in _ONEOF:
-        sub = getattr(msg, name)
-        sub.SetInParent()
-        _fill(sub, EVENT_FIELDS.get(name, ()), tuple(event[1:]), host)
-        if name == "kvm_mmu_get_page":
-            sub.created = True
-    return msg
+    text = format_event(host, event)
+    if name not in _ONEOF:
+        return events_pb2.Event(sequence=sequence, name=name, text=text)
+    key = (id(host), name)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = _plan(name, host)
+    sub_type, steps = plan
+    values = {proto_name: convert(event[1 + i]) for i, proto_name, convert in steps}
+    if name == "kvm_mmu_get_page":
+        values["created"] = True
+    oneof: dict[str, Any] = {name: sub_type(**values)}
+    return events_pb2.Event(sequence=sequence, name=name, text=text, **oneof)
 
 
 def warning_event(name: str) -> events_pb2.Event:

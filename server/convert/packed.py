@@ -1,10 +1,10 @@
 """Fast filling of packed repeated fields from numpy arrays.
 
-`extend(arr.tolist())` costs a Python int per element. Arrays whose values
-are all below 128 (levels, roots, fault outcome codes) encode as one varint
-byte each, so their packed field is just the array's bytes: built here and
-merged into the message in C (MergeFromString appends to repeated fields).
-Wider values (SPTEs, GFNs) still go through tolist.
+`extend(arr.tolist())` costs a Python int per element. Instead the packed
+field is encoded here from the array's bytes and merged into the message in
+C (MergeFromString appends to repeated fields): fixed64 fields (SPTEs,
+GFNs) are the little-endian array itself; varint fields whose values are
+all below 128 (levels, roots, fault outcome codes) are one byte each.
 """
 
 from __future__ import annotations
@@ -35,16 +35,26 @@ def small_packed(field_number: int, values: npt.NDArray[Any]) -> bytes:
     return _varint(field_number << 3 | WIRE_LEN) + _varint(len(data)) + data
 
 
+def fixed64_packed(field_number: int, values: npt.NDArray[Any]) -> bytes:
+    """Encoded packed fixed64 field: the array's little-endian bytes."""
+    if len(values) == 0:
+        return b""
+    data = np.ascontiguousarray(values, dtype="<u8").tobytes()
+    return _varint(field_number << 3 | WIRE_LEN) + _varint(len(data)) + data
+
+
 def fill(
     message: Message, small: dict[str, npt.NDArray[Any]], wide: dict[str, npt.NDArray[Any]]
 ) -> None:
-    """Append `small` (values < 128) and `wide` arrays to the named repeated fields."""
+    """Append `small` (varint, values < 128) and `wide` (fixed64) arrays to repeated fields."""
     fields = message.DESCRIPTOR.fields_by_name
+    slow: dict[str, npt.NDArray[Any]] = {}
     for name, values in list(small.items()):
         if len(values) and (int(values.min()) < 0 or int(values.max()) >= 0x80):
-            wide = {**wide, name: small.pop(name)}  # not one byte each: the slow path
-    for name, values in wide.items():
+            slow[name] = small.pop(name)  # not one byte each: the slow path
+    for name, values in slow.items():
         getattr(message, name).extend(values.tolist())
-    encoded = b"".join(small_packed(fields[name].number, values) for name, values in small.items())
+    encoded = b"".join(small_packed(fields[name].number, v) for name, v in small.items())
+    encoded += b"".join(fixed64_packed(fields[name].number, v) for name, v in wide.items())
     if encoded:
         message.MergeFromString(encoded)
