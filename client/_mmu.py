@@ -10,6 +10,7 @@ from client._base import ClientBase, profile_name, vm_name
 from client._convert import batch_fault, from_proto, spte_chunk
 from client._transport import DEFAULT, Default, Stream, Timeout
 from client.enums import HealthStatus, TdpRoot
+from client.errors import NotFound
 from client.events import EventBatch
 from client.results import (
     AgeResult,
@@ -194,8 +195,14 @@ class MmuMethods(ClientBase):
         )
 
     def health(self, service: str = "", *, timeout: Timeout = DEFAULT) -> HealthStatus:
-        """The standard grpc.health.v1 Check of `service` ("" is the whole server)."""
+        """The standard grpc.health.v1 Check of `service` ("" is the whole server).
+
+        A service the server does not know (NOT_FOUND) is SERVICE_UNKNOWN.
+        """
         stub = health_pb2_grpc.HealthStub(self._transport.channel)
         request = health_pb2.HealthCheckRequest(service=service)
-        msg = self._transport.unary(stub.Check, request, idempotent=True, timeout=timeout)
+        try:
+            msg = self._transport.unary(stub.Check, request, idempotent=True, timeout=timeout)
+        except NotFound:
+            return HealthStatus.SERVICE_UNKNOWN
         return HealthStatus(msg.status)

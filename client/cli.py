@@ -49,7 +49,8 @@ class KvmmuGroup(click.Group):
             app = ctx.find_object(App)
             server = app.settings.server if app else "?"
             timeout = app.settings.timeout if app else None
-            click.echo(f"kvmmu: {describe(exc, server, timeout)}", err=True)
+            text = describe(exc, server, timeout).replace("\n", " ")
+            click.echo(f"kvmmu: {text}", err=True)
             ctx.exit(exit_status(exc))
         except KeyboardInterrupt:
             ctx.exit(130)

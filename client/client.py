@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import grpc
+
 from client._memory import MemoryMethods
 from client._mmu import MmuMethods
 from client._transport import (
@@ -30,6 +32,19 @@ class Client(VmMethods, MemoryMethods, MmuMethods):
     def __init__(self, transport: Transport, target: str = DEFAULT_TARGET) -> None:
         super().__init__(transport)
         self.target = target
+
+    @classmethod
+    def for_channel(
+        cls,
+        channel: grpc.Channel,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Client:
+        """A client over a channel you made (own options, interceptors); `close()` closes it."""
+        transport = Transport(channel, timeout=timeout, token=token, retry=retry or RetryPolicy())
+        return cls(transport, "<channel>")
 
     @property
     def timeout(self) -> float | None:
@@ -69,6 +84,8 @@ def connect(
     connects lazily: an unreachable server shows up on the first call as
     `client.errors.Unavailable`.
     """
-    channel = make_channel(target, tls)
-    transport = Transport(channel, timeout=timeout, token=token, retry=retry or RetryPolicy())
-    return Client(transport, target)
+    client = Client.for_channel(
+        make_channel(target, tls), timeout=timeout, token=token, retry=retry
+    )
+    client.target = target
+    return client

@@ -213,7 +213,7 @@ def error_from_rpc(exc: grpc.RpcError) -> KvmmuError:
     """The KvmmuError for a failed call (`exc` is the grpc.Call that raised)."""
     call = exc if isinstance(exc, grpc.Call) else None
     code = call.code() if call is not None else grpc.StatusCode.UNKNOWN
-    message = (call.details() if call is not None else None) or str(exc)
+    message = (call.details() if call is not None else None) or "(the server sent no message)"
     details: tuple[Message, ...] = ()
     if call is not None:
         try:

@@ -32,7 +32,7 @@ def zap(
     if (gpa_range is not None) + zap_all + (slot is not None) != 1:
         raise click.UsageError("give exactly one of --range START END, --all or --slot N")
     if gpa_range is not None:
-        start, end = gpa_to_gfn_range(*gpa_range)
+        start, end = gpa_to_gfn_range(*gpa_range, hint="--range")
         result = app.client.zap_sptes(vm, start_gfn=start, end_gfn=end)
     else:
         result = app.client.zap_sptes(vm, zap_all=zap_all, slot=slot)

@@ -36,10 +36,28 @@ class Advance(Protocol):
 
 
 def message_dict(msg: Message) -> dict[str, Any]:
-    """A message as the JSON object of the proto JSON mapping, with proto field names."""
-    return json_format.MessageToDict(
+    """A message as the JSON object of the proto JSON mapping, with proto field names,
+    unset fields included (as their defaults), keys in the .proto's field order."""
+    data = json_format.MessageToDict(
         msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    return _in_field_order(msg, data)
+
+
+def _in_field_order(msg: Message, data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for fd in msg.DESCRIPTOR.fields:
+        if fd.name not in data:
+            continue
+        value = data[fd.name]
+        if fd.message_type is not None and isinstance(value, list):
+            value = [
+                _in_field_order(m, v) for m, v in zip(getattr(msg, fd.name), value, strict=True)
+            ]
+        elif fd.message_type is not None and isinstance(value, dict) and not fd.is_repeated:
+            value = _in_field_order(getattr(msg, fd.name), value)
+        out[fd.name] = value
+    return out
 
 
 class Output:

@@ -84,9 +84,9 @@ class VmId(click.ParamType[str]):
 VM: Final = VmId()
 
 
-def gpa_to_gfn_range(start: int, end: int) -> tuple[int, int]:
+def gpa_to_gfn_range(start: int, end: int, hint: str = "--end") -> tuple[int, int]:
     """The GFNs covering the byte range [start, end): start rounded down, end rounded up."""
     if end <= start:
-        raise click.BadParameter(f"end {end:#x} must be above start {start:#x}")
+        raise click.BadParameter(f"end {end:#x} must be above start {start:#x}", param_hint=hint)
     page = (1 << PAGE_SHIFT) - 1
     return start >> PAGE_SHIFT, (end + page) >> PAGE_SHIFT
