@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from rich import box
 from rich.console import Console, RenderableType
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
@@ -117,16 +118,29 @@ class Output:
     def table(self, cols: Sequence[Col], rows: Sequence[Sequence[Cell]], title: str = "") -> None:
         """Aligned columns: a rich table on a terminal, plain two-space gaps when piped."""
         if self.rich:
-            table = Table(box=box.SIMPLE_HEAD, title=title or None, title_justify="left")
+            table = Table(
+                box=box.SIMPLE_HEAD, pad_edge=False, title=title or None, title_justify="left"
+            )
             for col in cols:
                 table.add_column(col.header, justify=col.justify, no_wrap=True)  # type: ignore[arg-type]
             for row in rows:
                 table.add_row(*row)
-            self.console.print(table)
+            self._print_whole(table)
             return
         if title:
             self.write(title)
         self._plain([[c.header for c in cols], *rows], [c.justify for c in cols])
+
+    def _print_whole(self, table: Table) -> None:
+        # Never squeeze columns into ellipses (a cut SPTE is worse than a long line).
+        wide = self.console.options.update_width(1000)
+        needed = Measurement.get(self.console, wide, table).maximum
+        width = self.console.width
+        self.console.width = max(width, needed)
+        try:
+            self.console.print(table)
+        finally:
+            self.console.width = width
 
     def fields(self, pairs: Sequence[tuple[str, Cell]], title: str = "") -> None:
         """A key/value listing, keys aligned."""
@@ -136,7 +150,7 @@ class Output:
             table.add_column()
             for key, value in pairs:
                 table.add_row(key, value)
-            self.console.print(table)
+            self._print_whole(table)
             return
         if title:
             self.write(title)

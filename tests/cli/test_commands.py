@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
 
-from tests.cli.conftest import Cli
+from tests.cli.conftest import REPO, Cli
 from tests.server.conftest import unique_id
 
 
@@ -338,3 +344,28 @@ def test_health(kvmmu: Cli) -> None:
 def test_color_is_forced_on_request(kvmmu: Cli) -> None:
     out = kvmmu.ok("--color", "always", "host", "profiles")
     assert "\x1b[" in out
+
+
+def test_events_follow_streams_until_interrupted(kvmmu: Cli, vm: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KVMMU_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "--server", str(kvmmu.server), "events", vm,
+         "--follow", "--name", "kvm_mmu_set_spte"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        line, gfn = "", 0x10
+        while not line and time.monotonic() < deadline:
+            gfn += 1  # a new page each time: faults before the stream opens go unseen
+            kvmmu.ok("fault", vm, hex(gfn << 12))
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+        assert "kvm_mmu_set_spte: gfn " in line  # flushed as it happens
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err == ""
