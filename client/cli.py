@@ -43,6 +43,7 @@ class KvmmuGroup(click.Group):
     """The root group: turns client errors into one stderr line and an exit status."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a client error becomes its message and exit status."""
         try:
             return super().invoke(ctx)
         except KvmmuError as exc:

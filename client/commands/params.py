@@ -41,6 +41,7 @@ class Number(click.ParamType[int]):
         self.name = "size" if sizes else "number"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        """The integer `value` stands for, or a usage error naming the parameter."""
         if isinstance(value, int):
             number = value
         else:
@@ -70,6 +71,7 @@ class VmId(click.ParamType[str]):
     def shell_complete(
         self, ctx: click.Context, param: click.Parameter, incomplete: str
     ) -> list[CompletionItem]:
+        """The server's VM ids starting with `incomplete` (none if it cannot be reached)."""
         from client.client import connect  # noqa: PLC0415 - only when completing
 
         server = ctx.find_root().params.get("server") or os.environ.get("KVMMU_SERVER")
