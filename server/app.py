@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kvmmu.v1 import service_pb2, service_pb2_grpc
+from server.auth import auth_interceptors, grpc_options, server_credentials
 from server.config import ServerConfig
 from server.interceptor import ServingInterceptor
 from server.metrics import Metrics
@@ -37,11 +38,16 @@ class KvmmuServer:
         self.registry = Registry(config.host(), config.limits)
         self.metrics = Metrics(self.registry) if metrics else None
         self.health = health.HealthServicer()
+        limits = config.limits
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=config.max_workers, thread_name_prefix="kvmmu-rpc"
             ),
-            interceptors=[ServingInterceptor(self.metrics)],
+            interceptors=[
+                *auth_interceptors(config.security, self.metrics),
+                ServingInterceptor(self.metrics, limits.max_message_bytes),
+            ],
+            options=grpc_options(limits),
         )
         service_pb2_grpc.add_MmuServiceServicer_to_server(
             MmuServicer(self.registry, config), self.grpc
@@ -78,7 +84,11 @@ def create_server(
 ) -> tuple[KvmmuServer, int]:
     """A started server bound to `address` (port 0: any free port) and its bound port."""
     server = KvmmuServer(config or ServerConfig(), metrics=metrics)
-    port = server.grpc.add_insecure_port(address)
+    credentials = server_credentials(server.config.security)
+    if credentials is None:
+        port = server.grpc.add_insecure_port(address)
+    else:
+        port = server.grpc.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()

@@ -7,7 +7,7 @@ Host overrides (`--host-set field=value`) are typed and validated against
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Final
 
@@ -15,6 +15,7 @@ from mmu.errors import InvalidInput
 from mmu.host import Host, HostConfig
 from mmu.pool import DEFAULT_MAX_TABLES
 from mmu.profiles import DEFAULT_PROFILE, PROFILES, host_config, host_from_profile
+from server.security import Security
 
 TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on", "y"})
 FALSE_WORDS: Final = frozenset({"0", "false", "no", "off", "n"})
@@ -33,6 +34,11 @@ class Limits:
     max_page_size: int = 1000
     default_chunk_size: int = 1 << 16
     max_chunk_size: int = 1 << 17  # ~22 bytes per entry at worst: under 4 MiB a message
+    # A request message larger than this is refused before it is parsed.
+    max_message_bytes: int = 4 << 20
+    # Pages a dirty-logging memslot may span: its bitmap is built on every GetDirtyLog
+    # (1 bit a page; the default 2^25 pages = 128 GiB of guest memory, a 4 MiB bitmap).
+    max_dirty_log_pages: int = 1 << 25
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -54,6 +60,7 @@ class ServerConfig:
     state_dir: Path | None = None
     max_workers: int = 32
     grace_seconds: float = 10.0
+    security: Security = field(default_factory=Security)
 
     def host(self) -> Host:
         return host_from_profile(self.profile, **self.parsed_overrides())

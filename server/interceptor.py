@@ -12,6 +12,7 @@ import grpc
 from google.protobuf.message import Message
 from grpc_status import rpc_status
 
+from mmu.errors import LimitExceeded
 from server.errors import FieldError
 from server.metrics import Metrics
 from server.status import status_for
@@ -35,12 +36,22 @@ class _Malformed:
         self.error = error
 
 
-def _tolerant(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """A request deserializer that never raises (grpc would answer INTERNAL)."""
+def _tolerant(
+    parse: Callable[[bytes], Any] | None, max_bytes: int | None = None
+) -> Callable[[bytes], Any] | None:
+    """A request deserializer that never raises (grpc would answer INTERNAL), and
+    refuses requests over `max_bytes` unparsed (RESOURCE_EXHAUSTED naming the limit)."""
     if parse is None:
         return None
 
     def deserialize(data: bytes) -> Any:
+        if max_bytes is not None and len(data) > max_bytes:
+            return _Malformed(
+                LimitExceeded(
+                    f"the request has {len(data)} bytes; the server takes at most {max_bytes}",
+                    limit="max_message_bytes",
+                )
+            )
         try:
             return parse(data)
         except Exception as exc:
@@ -51,14 +62,19 @@ def _tolerant(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | 
 
 def _check(request: Any) -> None:
     if isinstance(request, _Malformed):
+        if isinstance(request.error, LimitExceeded):
+            raise request.error
         raise FieldError(f"the request bytes are not a valid message: {request.error}", field="")
 
 
 class ServingInterceptor(_Interceptor):
     """Wraps each method handler once (cached per method)."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, metrics: Metrics | None = None, max_message_bytes: int | None = None
+    ) -> None:
         self.metrics = metrics
+        self.max_message_bytes = max_message_bytes
         self._cache: dict[str, Handler] = {}
 
     def intercept_service(
@@ -82,13 +98,17 @@ class ServingInterceptor(_Interceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary),
-                request_deserializer=_tolerant(handler.request_deserializer),
+                request_deserializer=_tolerant(
+                    handler.request_deserializer, self.max_message_bytes
+                ),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._streaming(method, handler.unary_stream),
-                request_deserializer=_tolerant(handler.request_deserializer),
+                request_deserializer=_tolerant(
+                    handler.request_deserializer, self.max_message_bytes
+                ),
                 response_serializer=handler.response_serializer,
             )
         return handler  # the API has no client-streaming RPCs

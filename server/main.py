@@ -23,6 +23,13 @@ from mmu.host import HostConfig
 from mmu.profiles import DEFAULT_PROFILE, PROFILES
 from server.app import create_server
 from server.config import Limits, ServerConfig, split_assignment
+from server.security import (
+    add_security_arguments,
+    listen_refusal,
+    listen_warnings,
+    security_from_args,
+)
+from server.security import describe as describe_security
 
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 _LIMIT_HELP = {
@@ -35,6 +42,8 @@ _LIMIT_HELP = {
     "max_page_size": "largest page of List calls",
     "default_chunk_size": "SPTEs per StreamSptes message when the call gives no hint",
     "max_chunk_size": "largest SPTEs per StreamSptes message",
+    "max_message_bytes": "bytes of one request message",
+    "max_dirty_log_pages": "pages a dirty-logging memslot may span",
 }
 
 
@@ -117,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("metrics-listen", ""),
         help="HOST:PORT for a Prometheus /metrics endpoint; empty: none [KVMMU_METRICS_LISTEN]",
     )
+    add_security_arguments(parser, _env)
     return parser
 
 
@@ -131,6 +141,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         state_dir=state_dir,
         max_workers=args.workers,
         grace_seconds=args.grace,
+        security=security_from_args(args),
     )
     config.host()  # validate the host now: a bad override is a usage error
     return config
@@ -146,6 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.workers <= args.max_concurrent_streams:
         parser.error("--workers must exceed --max-concurrent-streams")
+    refusal = listen_refusal(args.listen, config.security)
+    if refusal is not None:
+        print(f"kvmmu-server: error: {refusal}", file=sys.stderr)
+        return 2
+    warnings = listen_warnings(
+        args.listen, config.security, args.token_file, args.metrics_listen or None
+    )
+    for warning in warnings:
+        logging.getLogger("kvmmu.server").warning("%s", warning)
     server, port = create_server(args.listen, config=config, metrics=bool(args.metrics_listen))
     host = args.listen.rpartition(":")[0]
     if config.state_dir is None:
@@ -160,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if server.metrics is not None:
         metrics_port = server.metrics.serve(args.metrics_listen)
         print(f"kvmmu-server: metrics on {host}:{metrics_port}/metrics", flush=True)
+    print(f"kvmmu-server: {describe_security(config.security)}", flush=True)
     print(f"kvmmu-server: listening on {host}:{port}", flush=True)
     stop = threading.Event()
 

@@ -36,6 +36,7 @@ from server.convert import tables as tables_conv
 from server.convert import vm as vm_conv
 from server.convert.events import event_to_proto
 from server.errors import FieldError
+from server.limits import check_dirty_log_size
 from server.names import HOST_NAME, parse_memslot_name, parse_profile_name, parse_stats_name
 from server.names import parse_vm_name as vm_id_of
 from server.pagination import decode_token, page_size, paginate
@@ -128,6 +129,7 @@ class MmuServicer(service_pb2_grpc.MmuServiceServicer):
         self, request: memslot_pb2.SetMemslotRequest, context: Context
     ) -> memslot_pb2.SetMemslotResponse:
         op = memslot_conv.set_memslot_op(request)
+        check_dirty_log_size(op.slot, self.limits)
         change = apply(self.registry, op)
         slot = change.result.slot or op.slot
         return memslot_pb2.SetMemslotResponse(

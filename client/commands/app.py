@@ -11,7 +11,7 @@ import click
 from client._transport import TlsConfig
 from client.client import Client, connect
 from client.commands.output import Output
-from client.errors import DeadlineExceeded, KvmmuError, ServerUnreachable
+from client.errors import DeadlineExceeded, KvmmuError, ServerUnreachable, Unauthenticated
 
 EXIT_REFUSED: Final = 1
 EXIT_USAGE: Final = 2
@@ -88,9 +88,10 @@ def describe(exc: KvmmuError, server: str, timeout: float | None) -> str:
         return f"no answer from the server at {server} within {timeout}s (--timeout)"
     if isinstance(exc, ServerUnreachable):
         return (
-            f"cannot reach the kvmmu server at {server} ({exc.message}); "
-            "start it with `make run` or set --server / KVMMU_SERVER"
+            f"cannot reach the kvmmu server at {server} ({exc.message}); {_unreachable_hint(exc)}"
         )
+    if isinstance(exc, Unauthenticated):
+        return f"unauthenticated: {exc.message} (set --token or KVMMU_TOKEN)"
     text = f"{exc.code.name.lower().replace('_', ' ')}: {exc.message}"
     extra = [
         f"{v.field}: {v.description}"
@@ -103,6 +104,19 @@ def describe(exc: KvmmuError, server: str, timeout: float | None) -> str:
     if option:
         text += f" ({option})"
     return text
+
+
+def _unreachable_hint(exc: ServerUnreachable) -> str:
+    """What to try: TLS settings when the connection got as far as TLS, else the address."""
+    message = exc.message.lower()
+    if "handshake" in message or "ssl" in message:
+        return "the TLS handshake failed: check --tls-ca, --tls-cert and --tls-key"
+    if "socket closed" in message:
+        return (
+            "the server closed the connection: if it serves TLS, pass --tls-ca "
+            "(and --tls-cert/--tls-key for mutual TLS)"
+        )
+    return "start it with `make run` or set --server / KVMMU_SERVER"
 
 
 def exit_status(exc: KvmmuError) -> int:
