@@ -233,15 +233,23 @@ def test_throughput_arrays_are_packed(message: type, field: str) -> None:
     assert desc.is_repeated
     assert desc.type not in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_STRING)
     assert desc.is_packed
-    # On the wire: one length-delimited record (wire type 2) for the whole array.
+    # On the wire: one length-delimited record (wire type 2) for the whole array,
+    # raw little-endian words for fixed64 fields, one varint byte per small value else.
     encoded = message(**{field: [1, 2, 1]}).SerializeToString()
-    assert encoded == bytes([desc.number << 3 | 2, 3, 1, 2, 1])
+    if desc.type == FieldDescriptor.TYPE_FIXED64:
+        words = b"".join(v.to_bytes(8, "little") for v in (1, 2, 1))
+        assert encoded == bytes([desc.number << 3 | 2, 24]) + words
+    else:
+        assert encoded == bytes([desc.number << 3 | 2, 3, 1, 2, 1])
 
 
-def test_batch_and_dump_arrays_are_uint64_where_they_hold_addresses_or_sptes() -> None:
-    u64 = FieldDescriptor.TYPE_UINT64
+def test_batch_and_dump_arrays_are_fixed64_where_they_hold_addresses_or_sptes() -> None:
+    """Wide arrays are fixed64: raw uint64 arrays on the wire (SPTEs mostly have bit 63)."""
+    u64 = FieldDescriptor.TYPE_FIXED64
     batch = fault_pb2.BatchFaultResponse.DESCRIPTOR.fields_by_name
     assert [batch[f].type for f in ("sptes", "gfns")] == [u64, u64]
+    request = fault_pb2.BatchFaultRequest.DESCRIPTOR.fields_by_name
+    assert [request[f].type for f in ("gpas", "error_codes")] == [u64, u64]
     assert batch["outcomes"].enum_type is common_pb2.FaultOutcome.DESCRIPTOR
     dump = spte_pb2.StreamSptesResponse.DESCRIPTOR.fields_by_name
     assert [dump[f].type for f in ("gfns", "values")] == [u64, u64]
@@ -297,7 +305,8 @@ def test_masks_sptes_gpas_and_gfns_are_uint64() -> None:
             if field.name.startswith(("is_", "has_")) or field.message_type is not None:
                 continue  # predicates (is_frozen_spte, has_get_mt_mask) and messages
             if U64_NAME.search(field.name) or field.name in ("mmio_value", "shadow_me_value"):
-                assert field.type == FieldDescriptor.TYPE_UINT64, (
+                wide = (FieldDescriptor.TYPE_FIXED64,) if field.is_repeated else ()
+                assert field.type in (FieldDescriptor.TYPE_UINT64, *wide), (
                     f"{message.full_name}.{field.name}"
                 )
                 checked += 1
