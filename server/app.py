@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from kvmmu.v1 import service_pb2, service_pb2_grpc
 from server.auth import auth_interceptors, grpc_options, server_credentials
 from server.config import ServerConfig
+from server.durability.store import open_server_store
 from server.interceptor import ServingInterceptor
 from server.metrics import Metrics
 from server.registry import Registry
@@ -36,6 +37,8 @@ class KvmmuServer:
     def __init__(self, config: ServerConfig, *, metrics: bool = False) -> None:
         self.config = config
         self.registry = Registry(config.host(), config.limits)
+        # Durable state (--state-dir): recovers the registry, then journals every change.
+        self.store = open_server_store(config, self.registry)
         self.metrics = Metrics(self.registry) if metrics else None
         self.health = health.HealthServicer()
         limits = config.limits
@@ -74,6 +77,8 @@ class KvmmuServer:
         done = self.grpc.stop(self.config.grace_seconds if grace is None else grace)
         self.registry.close()
         done.wait()
+        if self.store is not None:
+            self.store.close()  # a final snapshot
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return self.grpc.wait_for_termination(timeout)

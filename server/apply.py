@@ -6,11 +6,17 @@ deterministic given the registry's state and the op, and free of gRPC, so a
 journal of ops replayed in commit order rebuilds the same state. The commit
 order is the order in which ops take their VM's lock (create and delete of
 a VM are also ordered by the registry lock). Read-only RPCs do not come here.
+
+With a journal on the registry (durable state, server.durability), each op's
+record is appended while its locks are still held, so the journal's order is
+this apply order, and `apply` returns (the reply is sent) only once the
+record is durable. The journal decides which failed ops it must record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from mmu.errors import LimitExceeded, Refused
@@ -23,7 +29,7 @@ from server import ops
 from server.config import Limits
 from server.errors import ResourceNotFound
 from server.names import MEMSLOT_TYPE, memslot_name
-from server.registry import Registry, VmEntry, vm_info
+from server.registry import Journal, Registry, VmEntry, vm_info
 
 R = TypeVar("R")
 
@@ -39,19 +45,59 @@ _IMMUTABLE: tuple[tuple[str, str, str | None], ...] = (
 )
 
 
+class _Recorder:
+    """Journals one op from inside its locks: a context manager around the change."""
+
+    def __init__(self, journal: Journal | None, op: ops.Op[Any]) -> None:
+        self.journal = journal
+        self.op = op
+        self.seq: int | None = None
+
+    def done(self) -> None:
+        if self.journal is not None:
+            self.seq = self.journal.append(self.op)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self.done()
+        elif self.journal is not None and isinstance(exc, Exception):
+            self.seq = self.journal.append(self.op, exc)
+
+    def wait(self) -> None:
+        if self.journal is not None and self.seq is not None:
+            self.journal.wait(self.seq)
+
+
 def apply(registry: Registry, op: ops.Op[R]) -> R:
-    """Apply one operation record and return the model's result."""
+    """Apply one operation record and return the model's result (once it is durable)."""
+    journal = registry.journal
+    record = _Recorder(journal, op)
+    if journal is None:
+        return _apply(registry, op, record)
+    try:
+        with journal.guard(op):
+            return _apply(registry, op, record)
+    finally:
+        record.wait()
+
+
+def _apply(registry: Registry, op: ops.Op[R], record: _Recorder) -> R:
     if isinstance(op, ops.CreateVm):
-        return cast(R, _create_vm(registry, op))
+        return cast(R, _create_vm(registry, op, record))
     if isinstance(op, ops.DeleteVm):
-        registry.remove(op.vm_id)
+        registry.remove(op.vm_id, then=record.done)
         return cast(R, None)
     handler = _VM_HANDLERS[type(op)]
-    with registry.locked(op.vm_id) as entry:
+    with registry.locked(op.vm_id) as entry, record:
         return cast(R, handler(entry, registry.limits, op))
 
 
-def _create_vm(registry: Registry, op: ops.CreateVm) -> ops.VmInfo:
+def _create_vm(registry: Registry, op: ops.CreateVm, record: _Recorder) -> ops.VmInfo:
     def make() -> VmEntry:
         vm = Vm(
             registry.host,
@@ -65,7 +111,9 @@ def _create_vm(registry: Registry, op: ops.CreateVm) -> ops.VmInfo:
             tracing=op.tracing,
             max_tables=registry.limits.max_tables_per_vm,
         )
-        return VmEntry(vm, op.create_time_ns, op.initial_generation)
+        entry = VmEntry(vm, op.create_time_ns, op.initial_generation)
+        record.done()  # under the registry lock, before the VM is visible
+        return entry
 
     entry = registry.insert(op.vm_id, make)
     with entry.lock:

@@ -15,6 +15,7 @@ from mmu.errors import InvalidInput
 from mmu.host import Host, HostConfig
 from mmu.pool import DEFAULT_MAX_TABLES
 from mmu.profiles import DEFAULT_PROFILE, PROFILES, host_config, host_from_profile
+from server.durability.config import DurabilityConfig
 from server.security import Security
 
 TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on", "y"})
@@ -61,6 +62,7 @@ class ServerConfig:
     max_workers: int = 32
     grace_seconds: float = 10.0
     security: Security = field(default_factory=Security)
+    durability: DurabilityConfig = field(default_factory=DurabilityConfig)  # with state_dir
 
     def host(self) -> Host:
         return host_from_profile(self.profile, **self.parsed_overrides())

@@ -6,14 +6,16 @@
     ├── NotFound ────── ResourceNotFound  a VM or memslot name that does not exist
     ├── Conflict ────── ResourceExists    a client-chosen id that is taken
     ├── Refused                           (model) KVM refuses in this state
-    └── LimitExceeded                     (model and server) a configured limit
+    ├── LimitExceeded                     (model and server) a configured limit
+    └── Unavailable                       the server cannot take changes now (its
+                                          durable store failed; server.durability)
 
 gRPC-free: `server.status` maps the whole tree to status codes in one table.
 """
 
 from __future__ import annotations
 
-from mmu.errors import Conflict, InvalidInput, NotFound
+from mmu.errors import Conflict, InvalidInput, ModelError, NotFound
 
 
 class FieldError(InvalidInput):
@@ -36,3 +38,7 @@ class ResourceExists(Conflict):
         super().__init__(f"{resource_name} already exists", field=field, errno="EEXIST")
         self.resource_type = resource_type
         self.resource_name = resource_name
+
+
+class Unavailable(ModelError):
+    """The server cannot accept the change now; the client may retry after a restart."""

@@ -23,6 +23,8 @@ from mmu.host import HostConfig
 from mmu.profiles import DEFAULT_PROFILE, PROFILES
 from server.app import create_server
 from server.config import Limits, ServerConfig, split_assignment
+from server.durability.cli import add_durability_arguments, durability_from_args
+from server.durability.errors import StateError
 from server.security import (
     add_security_arguments,
     listen_refusal,
@@ -83,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--state-dir",
         default=_env("state-dir", "none"),
-        help="'none' keeps all state in memory; a directory is accepted, but durable "
-        "state is NOT implemented yet (a follow-up issue): the server says so at start "
-        "[KVMMU_STATE_DIR]",
+        help="directory of the durable state (created if missing; `make run` uses "
+        ".kvmmu-state): every acknowledged change survives a restart, see --durability; "
+        "'none' keeps all state in memory, for tests and experiments [KVMMU_STATE_DIR]",
     )
     limits = Limits()
     for name, text in _LIMIT_HELP.items():
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="HOST:PORT for a Prometheus /metrics endpoint; empty: none [KVMMU_METRICS_LISTEN]",
     )
     add_security_arguments(parser, _env)
+    add_durability_arguments(parser, _env)
     return parser
 
 
@@ -142,6 +145,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_workers=args.workers,
         grace_seconds=args.grace,
         security=security_from_args(args),
+        durability=durability_from_args(args),
     )
     config.host()  # validate the host now: a bad override is a usage error
     return config
@@ -166,17 +170,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for warning in warnings:
         logging.getLogger("kvmmu.server").warning("%s", warning)
-    server, port = create_server(args.listen, config=config, metrics=bool(args.metrics_listen))
+    try:
+        server, port = create_server(args.listen, config=config, metrics=bool(args.metrics_listen))
+    except StateError as exc:
+        print(f"kvmmu-server: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 1
     host = args.listen.rpartition(":")[0]
-    if config.state_dir is None:
+    if server.store is None:
         print("kvmmu-server: state is kept in memory only (--state-dir none)", flush=True)
     else:
-        print(
-            f"kvmmu-server: WARNING: state is NOT persisted: --state-dir {config.state_dir} is "
-            "accepted, but durable state is not implemented yet; every VM is lost when the "
-            "server stops",
-            flush=True,
-        )
+        for line in server.store.describe():
+            print(f"kvmmu-server: {line}", flush=True)
     if server.metrics is not None:
         metrics_port = server.metrics.serve(args.metrics_listen)
         print(f"kvmmu-server: metrics on {host}:{metrics_port}/metrics", flush=True)

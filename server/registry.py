@@ -4,15 +4,17 @@ Lock order: the registry lock, then a VM's lock; nothing takes the registry
 lock while holding a VM's lock. Operations on one VM are serialised by its
 lock; different VMs proceed in parallel. Each VM's `changed` condition
 shares that lock and is notified after every operation, so event watchers
-wake up. No gRPC here.
+wake up. With durable state, `journal` records every change (server.apply
+appends to it under these locks; server.durability implements it). No gRPC here.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from mmu.errors import LimitExceeded
 from mmu.host import Host
@@ -21,7 +23,23 @@ from mmu.vmtypes import tdp_has_smep, tdp_root_access, tdp_root_level
 from server.config import Limits
 from server.errors import ResourceExists, ResourceNotFound
 from server.names import VM_TYPE, vm_name
-from server.ops import VmInfo
+from server.ops import Op, VmInfo
+
+
+class Journal(Protocol):
+    """Where every change is recorded before it is acknowledged (see server.apply)."""
+
+    def guard(self, op: Op[Any]) -> AbstractContextManager[object]:
+        """Entered around the whole op, before any registry or VM lock."""
+        ...
+
+    def append(self, op: Op[Any], error: BaseException | None = None) -> int | None:
+        """Record `op` (which took effect, or raised `error`) with its locks held."""
+        ...
+
+    def wait(self, seq: int) -> None:
+        """Block until record `seq` is durable (no locks held)."""
+        ...
 
 
 @dataclass(eq=False)
@@ -78,6 +96,7 @@ class Registry:
         self._vms: dict[str, VmEntry] = {}
         self._lock = threading.Lock()
         self.closed = threading.Event()
+        self.journal: Journal | None = None
 
     def entry(self, vm_id: str, field: str = "name") -> VmEntry:
         with self._lock:
@@ -119,8 +138,9 @@ class Registry:
             self._vms[vm_id] = entry
             return entry
 
-    def remove(self, vm_id: str) -> None:
-        """Delete a VM: waits for its in-flight operation, then wakes its watchers."""
+    def remove(self, vm_id: str, then: Callable[[], object] | None = None) -> None:
+        """Delete a VM: waits for its in-flight operation, then wakes its watchers;
+        `then` runs with both locks still held (the journal numbers the deletion there)."""
         with self._lock:
             entry = self._vms.get(vm_id)
             if entry is None:
@@ -129,6 +149,8 @@ class Registry:
                 del self._vms[vm_id]
                 entry.deleted = True
                 entry.changed.notify_all()
+                if then is not None:
+                    then()
 
     def entries(self) -> list[VmEntry]:
         with self._lock:

@@ -7,6 +7,7 @@
     Conflict (-EEXIST), ResourceExists ALREADY_EXISTS      ResourceInfo or BadRequest
     Refused (-EINVAL, VM type, state) FAILED_PRECONDITION  PreconditionFailure
     LimitExceeded                     RESOURCE_EXHAUSTED   QuotaFailure naming the limit
+    Unavailable (durable store failed) UNAVAILABLE         ErrorInfo only
     anything else (a bug)             INTERNAL             logged with its traceback
 
 Every status also carries an ErrorInfo (domain "kvmmu.v1") whose metadata
@@ -32,7 +33,7 @@ from mmu.errors import (
     NotFound,
     Refused,
 )
-from server.errors import ResourceExists, ResourceNotFound
+from server.errors import ResourceExists, ResourceNotFound, Unavailable
 
 DOMAIN: Final = "kvmmu.v1"
 log = logging.getLogger("kvmmu.server")
@@ -159,6 +160,10 @@ def _limit(exc: ModelError, _method: str, _field: str) -> Details:
     )
 
 
+def _unavailable(_exc: ModelError, _method: str, _field: str) -> Details:
+    return code_pb2.UNAVAILABLE, "STATE_STORE_FAILED", []
+
+
 # Most specific first; the first isinstance match wins.
 ERROR_TABLE: Final[
     tuple[tuple[type[ModelError], Callable[[ModelError, str, str], Details]], ...]
@@ -168,6 +173,7 @@ ERROR_TABLE: Final[
     (Conflict, _conflict),
     (Refused, _refused),
     (LimitExceeded, _limit),
+    (Unavailable, _unavailable),
 )
 
 

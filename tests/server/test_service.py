@@ -307,7 +307,7 @@ def test_bad_host_override_is_a_usage_error():
     assert result.returncode == 2 and "phys_bits" in result.stderr
 
 
-def test_env_profile_overrides_state_dir_warning_and_metrics(tmp_path):
+def test_env_profile_overrides_state_dir_and_metrics(tmp_path):
     srv = start_server(
         "--host-set", "nx_huge_pages=true",
         "--metrics-listen", "127.0.0.1:0",
@@ -316,7 +316,8 @@ def test_env_profile_overrides_state_dir_warning_and_metrics(tmp_path):
     )  # fmt: skip
     try:
         banner = "".join(srv.banner)
-        assert "NOT persisted" in banner
+        assert f"state in {tmp_path / 'state'} (format 1, durability process" in banner
+        assert "new state directory" in banner
         with srv.channel() as channel:
             stub = service_pb2_grpc.MmuServiceStub(channel)
             host = stub.GetHost(host_pb2.GetHostRequest())
@@ -333,7 +334,7 @@ def test_env_profile_overrides_state_dir_warning_and_metrics(tmp_path):
         assert "kvmmu_rpc_latency_seconds_bucket" in text
         vm_id = vm.split("/")[1]
         assert f'kvmmu_vm_pages_4k{{vm="{vm_id}"}} 2.0' in text
-        assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())
+        assert (tmp_path / "state" / "kvmmu-state.json").exists()
     finally:
         assert srv.stop() == 0
 
