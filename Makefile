@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:50051
 STATE  ?= .kvmmu-state
 
-.PHONY: install run test lint typecheck proto proto-check buf-lint unit bench clean
+.PHONY: docs-images install run test lint typecheck proto proto-check buf-lint unit bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,3 +53,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# The README's pictures (needs Chromium: apt-get install chromium).
+docs-images: $(STAMP)
+	$(PY) scripts/docs_images.py

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from client._transport import DEFAULT_TARGET, DEFAULT_TIMEOUT, TlsConfig
-from client.commands import decode, events, faults, host, memory, misc, sptes, vms
+from client.commands import decode, events, faults, host, memory, misc, sptes, tooling, vms
 from client.commands.app import EXIT_USAGE, App, Settings, describe, exit_status
 from client.commands.output import Output
 from client.errors import KvmmuError
@@ -129,7 +129,7 @@ def cli(
     ctx.call_on_close(app.close)
 
 
-for module in (host, vms, memory, faults, sptes, decode, events, misc):
+for module in (host, vms, memory, faults, sptes, decode, events, misc, tooling):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -30,6 +30,7 @@ from mmu.constants import (
     RET_PF_EMULATE,
     RET_PF_INVALID,
     RET_PF_RETRY,
+    SHADOW_NONPRESENT_VALUE,
     SPTE_MMU_PRESENT_MASK,
 )
 from mmu.events import Event, ExplainStep, OpContext
@@ -62,6 +63,7 @@ from mmu.tdp_mmu import (
     split_huge_page,
     track_possible_nx_huge_page,
 )
+from mmu.trace import error_code_flags
 
 
 class Outcome(StrEnum):
@@ -287,6 +289,14 @@ def fast_page_fault(
     state: VmState, ctx: OpContext, fault: PageFault, res: FaultResult
 ) -> Outcome | None:
     if not page_fault_can_be_fast(state, fault):
+        if ctx.explain is not None:
+            ctx.step(
+                "page_fault_can_be_fast",
+                lambda: (
+                    "no (RSVD, private/attribute mismatch, or neither a write to a "
+                    "present SPTE nor a not-present fault without A/D bits): no fast path"
+                ),
+            )
         return None
     host = state.host
     root = state.direct_root
@@ -500,6 +510,11 @@ def tdp_mmu_map(state: VmState, ctx: OpContext, fault: PageFault, res: FaultResu
     it = GfnWalk(state, tree, root, fault.gfn)
     outcome = Outcome.RETRY
     frozen = state.host.layout.frozen_spte
+    if ctx.explain is not None:
+        ctx.step(
+            "kvm_tdp_mmu_map",
+            lambda: f"walk the {res.root} root (level {state.root_level}) to level {goal}",
+        )
     while True:
         if fault.nx_workaround:
             disallowed_hugepage_adjust(state, fault, it.old_spte, it.level)
@@ -523,6 +538,11 @@ def tdp_mmu_map(state: VmState, ctx: OpContext, fault: PageFault, res: FaultResu
                 )
             split_huge_page(state, ctx, it, child, shared=True)
         else:
+            if ctx.explain is not None:
+                ctx.step(
+                    "tdp_mmu_link_sp",
+                    lambda: f"level-{it.level} entry empty: a new level-{it.level - 1} table",
+                )
             link_sp(state, ctx, it, child, shared=True)
         if (
             fault.huge_page_disallowed
@@ -549,6 +569,11 @@ def map_target_level(
             )
         res.level, res.spte = level, old
         return Outcome.SPURIOUS
+    if ctx.explain is not None:
+        ctx.step(
+            "tdp_mmu_map_handle_target_level",
+            lambda: f"level-{level} SPTE found: {old:#x} ({_existing(state, old)})",
+        )
     wrprot = False
     if fault.slot is None:
         new = make_mmio_spte(state, it.gfn, state.root_access, state.generation)
@@ -615,6 +640,16 @@ def map_target_level(
     return outcome
 
 
+def _existing(state: VmState, spte: int) -> str:
+    if spte == SHADOW_NONPRESENT_VALUE:
+        return "empty"
+    if is_mmio_spte(state, spte):
+        return "an MMIO SPTE of this VM"
+    if spte & SPTE_MMU_PRESENT_MASK:
+        return "present"
+    return "not present"
+
+
 # --- kvm_mmu_page_fault -----------------------------------------------------
 
 
@@ -657,9 +692,23 @@ def page_fault(state: VmState, ctx: OpContext, gpa: int, error_code: int) -> Fau
         ctx.step(
             "kvm_mmu_page_fault",
             lambda: (
-                f"GPA {gpa:#x} error code {error_code:#x}: GFN {fault.gfn:#x}"
-                + (" (shared bit stripped)" if (gpa >> 12) != fault.gfn else "")
-                + (", private" if fault.is_private else "")
+                f"GPA {gpa:#x} error code {error_code:#x} ({error_code_flags(error_code) or '-'}):"
+                f" GFN {fault.gfn:#x}"
+                + (" (TDX shared bit stripped)" if (gpa >> 12) != fault.gfn else "")
+                + (", private access" if fault.is_private else ", shared access")
+            ),
+        )
+        slot = fault.slot
+        ctx.step(
+            "kvm_vcpu_gfn_to_memslot",
+            lambda: (
+                f"memslot generation {state.generation:#x}: "
+                + (
+                    f"GFN in memslot {slot.slot.id} [{slot.slot.base_gfn:#x}, "
+                    f"{slot.slot.end_gfn:#x}) flags {slot.slot.flags:#x}"
+                    if slot is not None
+                    else "no memslot backs the GFN"
+                )
             ),
         )
     outcome = Outcome.INVALID

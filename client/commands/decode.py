@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
 import click
 from rich.text import Text
@@ -13,6 +14,7 @@ from client.commands.output import Col
 from client.commands.params import LEVEL, NUMBER, VM
 from client.commands.views import hx, kind_text, level_name
 from client.enums import VmType
+from client.pictures.bitfield import bitfield_svg
 from client.results import SpteDecoding
 from mmu.profiles import PROFILES
 
@@ -63,6 +65,7 @@ def show_decoding(app: App, d: SpteDecoding) -> None:
     "  kvmmu decode 0x0 --profile intel-tdx --vm-type tdx            # TDX MMIO SPTE\n"
     "  kvmmu decode 0x860000000a3bb77 --profile intel-ept --level 1\n"
     "  kvmmu decode 0x600000001000b77 --vm td1                       # the VM's masks\n"
+    "  kvmmu decode 0xfeb00008 --profile intel-tdx --vm-type tdx --svg spte.svg\n"
     "\b\nWith --profile the value is decoded locally (no server). With --vm the\n"
     "server decodes it for that VM; with neither, for the server's own host.",
 )
@@ -81,6 +84,12 @@ def show_decoding(app: App, d: SpteDecoding) -> None:
 )
 @click.option("--generation", type=NUMBER, help="Memslot generation to check an MMIO SPTE against.")
 @click.option("--level", type=LEVEL, help="Level of the entry (1..5); default: read as a leaf.")
+@click.option(
+    "--svg",
+    "svg_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also draw the bit fields as an SVG diagram into this file.",
+)
 @pass_app
 def decode(
     app: App,
@@ -91,6 +100,7 @@ def decode(
     vm_type: str | None,
     generation: int | None,
     level: int | None,
+    svg_file: Path | None,
 ) -> None:
     """Decode VALUE as an SPTE: every bit field, its kind and why."""
     if vm is not None and (profile or mmio_value is not None or generation is not None or vm_type):
@@ -114,6 +124,11 @@ def decode(
             value, vm=vm, mmio_value=mmio_value, memslots_generation=generation, level=level
         )
     show_decoding(app, decoded)
+    if svg_file is not None:
+        # The diagram is drawn from the same decoding the text shows.
+        svg_file.write_text(bitfield_svg(decoded))
+        if not app.out.json_mode:
+            app.out.note(f"wrote {svg_file}")
 
 
 COMMANDS = [decode]

@@ -103,6 +103,37 @@ def _segments(report: VmReport) -> list[tuple[int, int]]:
     return [(a, b) for a, b in merged]
 
 
+def _coverage(
+    gfns: npt.NDArray[np.uint64], levels: npt.NDArray[np.int8], a: int, b: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Per bin of [a, b): how many SPTEs touch it and how many pages they map there.
+
+    A huge SPTE spreads over every bin it covers (a difference array), so a
+    1G mapping is drawn as wide as it is; small ones are counted where they start.
+    """
+    counts = np.zeros(BINS_PER_SEGMENT, dtype=np.int64)
+    covered = np.zeros(BINS_PER_SEGMENT, dtype=np.float64)
+    if not len(gfns):
+        return counts, covered
+    pages = np.left_shift(1, 9 * (levels.astype(np.int64) - 1)).astype(np.float64)
+    lo = gfns.astype(np.float64)
+    inside = (lo + pages > a) & (lo < b)
+    lo, pages = lo[inside], pages[inside]
+    bin_pages = (b - a) / BINS_PER_SEGMENT
+    first = np.clip(((lo - a) / bin_pages).astype(np.int64), 0, BINS_PER_SEGMENT - 1)
+    last = np.clip(((lo + pages - 1 - a) / bin_pages).astype(np.int64), 0, BINS_PER_SEGMENT - 1)
+    single = first == last
+    np.add.at(counts, first[single], 1)
+    np.add.at(covered, first[single], pages[single])
+    diff = np.zeros(BINS_PER_SEGMENT + 1, dtype=np.int64)
+    np.add.at(diff, first[~single], 1)
+    np.add.at(diff, last[~single] + 1, -1)
+    spanning = np.cumsum(diff[:-1])
+    counts += spanning
+    covered += spanning * bin_pages
+    return counts, covered
+
+
 def _address_map(report: VmReport) -> str:
     segments = _segments(report)
     if not segments:
@@ -153,22 +184,19 @@ def _address_map(report: VmReport) -> str:
                     f'<text x="{sx + 3:.1f}" y="{top + 18}" class="lbl">slot {s.slot}</text>'
                 )
         if kind_masks:
-            edges = np.linspace(a, b, BINS_PER_SEGMENT + 1)
             bw = w / BINS_PER_SEGMENT
             for lane, ((label, colour), mask) in enumerate(zip(SERIES, kind_masks, strict=True)):
-                gfns = report.gfns[mask].astype(np.float64)
-                if not len(gfns):
-                    continue
-                counts, _ = np.histogram(gfns, bins=edges)
+                counts, covered = _coverage(report.gfns[mask], report.levels[mask], a, b)
                 y = top + lane_h * (lane + 1) + 4
-                peak = counts.max() if counts.max() else 1
+                bin_pages = (b - a) / BINS_PER_SEGMENT
                 for i in np.flatnonzero(counts).tolist():
-                    opacity = 0.35 + 0.65 * counts[i] / peak
+                    fraction = min(1.0, covered[i] / bin_pages)
+                    opacity = 0.3 + 0.7 * fraction
                     parts.append(
                         f'<rect x="{x + i * bw:.2f}" y="{y}" width="{max(bw, 1):.2f}" '
                         f'height="{lane_h - 6}" fill="{colour}" fill-opacity="{opacity:.2f}">'
                         f"<title>{int(counts[i])} {label} SPTEs near GPA "
-                        f"{int(edges[i]) << 12:#x}</title></rect>"
+                        f"{int(a + i * bin_pages) << 12:#x} ({fraction:.0%} mapped)</title></rect>"
                     )
         x += w + gap
     for lane, (label, colour) in enumerate((("memslots", "#f2cf5b"), *SERIES)):

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-SIZE_SUFFIXES: Final = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+from client.commands.params import parse_number
+
 OPS: Final[dict[str, tuple[set[str], set[str]]]] = {
     # op: (required params, optional params) -- besides "op", "vm", "expect", "note"
     "create_vm": ({"type"}, {"guest_maxphyaddr", "tracing"}),
@@ -69,11 +70,8 @@ def number(value: Any, where: str) -> int:
             raise ScenarioError(where, "must not be negative")
         return value
     if isinstance(value, str):
-        text = value.strip().replace("_", "")
         try:
-            if text[-1:].upper() in SIZE_SUFFIXES:
-                return int(text[:-1], 0) * SIZE_SUFFIXES[text[-1].upper()]
-            return int(text, 0)
+            return parse_number(value, sizes=True)
         except ValueError:
             pass
     raise ScenarioError(where, f"expected a number (decimal, 0x hex or 4K/2M/1G), got {value!r}")
