@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy mmu server client
+	$(BIN)/mypy mmu server client codec
 
 unit: $(STAMP)
 	$(BIN)/pytest

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import grpc
 from google.protobuf import empty_pb2
 
+from codec.decode import decode_to_proto
 from kvmmu.v1 import (
     events_pb2,
     fault_pb2,
@@ -218,7 +219,7 @@ class MmuServicer(service_pb2_grpc.MmuServiceServicer):
         else:
             raise FieldError("one of vm or host is required", field="vm")
         decoded = decode_spte(ctx.view, request.value, level)
-        return spte_conv.decode_to_proto(ctx.view.host, decoded, ctx.generation)
+        return decode_to_proto(ctx.view.host, decoded, ctx.generation)
 
     def ZapSptes(
         self, request: spte_pb2.ZapSptesRequest, context: Context

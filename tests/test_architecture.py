@@ -21,6 +21,7 @@ FORBIDDEN = {
         "client",
     },
     "client": {"server"},
+    "codec": {"server", "client"},
 }
 
 
