@@ -22,6 +22,7 @@ from client.scenario.offline import OfflineBackend
 from client.scenario.runner import RunResult, run
 from client.scenario.server import ServerBackend
 from mmu.profiles import PROFILES, host_from_profile
+from mmu.state import STAT_NAMES
 from mmu.trace_decode import annotate
 from mmu.vm import Vm
 from mmu.vmtypes import VmType, VmView
@@ -317,18 +318,6 @@ def _report_from_server(app: App, vm: str) -> VmReport:
         )
         for m in client.list_memslots(vm)
     ]
-    names = (
-        "pf_taken",
-        "pf_fixed",
-        "pf_emulate",
-        "pf_spurious",
-        "pf_fast",
-        "pf_mmio_spte_created",
-        "pages_4k",
-        "pages_2m",
-        "pages_1g",
-        "nx_lpage_splits",
-    )
     return VmReport(
         title=f"VM {info.vm_id} on {app.settings.server}",
         profile=server_host.profile,
@@ -342,7 +331,7 @@ def _report_from_server(app: App, vm: str) -> VmReport:
         gfns=gfns,
         levels=levels,
         values=values,
-        stats={n: int(getattr(stats, n)) for n in names},
+        stats={n: int(getattr(stats, n)) for n in STAT_NAMES},
     )
 
 

@@ -22,6 +22,7 @@ from client.types import MemslotChangeOutcome
 from mmu.errors import ModelError
 from mmu.memslots import Memslot
 from mmu.profiles import host_config
+from mmu.state import STAT_NAMES
 
 RESULTS = {
     MemslotChangeResult.APPLIED: "ok",
@@ -207,19 +208,7 @@ class ServerBackend:
 
     def stats(self, vm: str) -> dict[str, int]:
         stats = self._call(self.client.get_vm_stats, self._id(vm))
-        names = (
-            "pf_taken",
-            "pf_fixed",
-            "pf_emulate",
-            "pf_spurious",
-            "pf_fast",
-            "pf_mmio_spte_created",
-            "pages_4k",
-            "pages_2m",
-            "pages_1g",
-            "nx_lpage_splits",
-        )
-        return {name: int(getattr(stats, name)) for name in names}
+        return {name: int(getattr(stats, name)) for name in STAT_NAMES}
 
     def close(self) -> None:
         for vm_id in self.ids.values():
