@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) bench/spte.py
 	$(PY) bench/mmu.py
 	$(PY) bench/rpc.py
+	$(PY) bench/load.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

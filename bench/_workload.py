@@ -44,6 +44,7 @@ OWN_SLOT_SIZE: Final = 256 * MiB
 ERROR_CODES: Final = (0, 1, 2, 3, 4, 6, 7, 0x10, 0x14)
 MMIO_VALUES: Final = (6, 7, 5, 0, 0x8000000000000006, 0x8000000000000001)  # intel-ept mask
 Code = grpc.StatusCode
+FOLLOW: Final = "WatchEvents.follow"  # a follower's time is its own choice, not latency
 STREAM_CODES: Final = frozenset({Code.RESOURCE_EXHAUSTED})  # max_concurrent_streams
 
 
@@ -91,7 +92,7 @@ class Worker:
     record: bool = True
     acked: list[tuple[str, Message, Message]] = field(default_factory=list)
     codes: Counter[tuple[str, Code]] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[tuple[str, float]] = field(default_factory=list)  # (method, seconds)
     unexpected: list[str] = field(default_factory=list)
     vm: str | None = None
     vm_type: int = vm_pb2.VM_TYPE_DEFAULT
@@ -122,7 +123,7 @@ class Worker:
         except grpc.RpcError as error:
             self._failed(method, error, expect, start)
             return None
-        self.latencies.append(time.perf_counter() - start)
+        self.latencies.append((method, time.perf_counter() - start))
         self.codes[method, Code.OK] += 1
         if changes and self.record:
             self.acked.append((method, request, response))
@@ -135,17 +136,19 @@ class Worker:
         *,
         expect: frozenset[Code] = STREAM_CODES,
         timeout: float = 20.0,
+        label: str | None = None,
     ) -> list[Any] | None:
+        """A server stream read to its end; `label` names it in latencies and codes."""
         start = time.perf_counter()
         try:
             messages = list(
                 getattr(self.stub, method)(request, timeout=timeout, metadata=self.metadata)
             )
         except grpc.RpcError as error:
-            self._failed(method, error, expect, start)
+            self._failed(label or method, error, expect, start)
             return None
-        self.latencies.append(time.perf_counter() - start)
-        self.codes[method, Code.OK] += 1
+        self.latencies.append((label or method, time.perf_counter() - start))
+        self.codes[label or method, Code.OK] += 1
         return messages
 
     def _failed(
@@ -153,7 +156,7 @@ class Worker:
     ) -> None:
         assert isinstance(error, grpc.Call)
         code = error.code()
-        self.latencies.append(time.perf_counter() - start)
+        self.latencies.append((method, time.perf_counter() - start))
         self.codes[method, code] += 1
         if code not in expect:
             self.unexpected.append(f"worker {self.index} {method}: {code.name} {error.details()}")
@@ -239,7 +242,7 @@ class Worker:
             (0.05, self.update_vm),
             (0.06, self.attributes),
             (0.03, self.overlap),
-            (0.04, self.watch_follow),
+            (0.01, self.watch_follow),
             (0.02, self.delete_vm),
         )
         roll = self.rng.random() * sum(w for w, _ in ops)
@@ -388,7 +391,7 @@ class Worker:
         """A follower that gives up after a moment: DEADLINE_EXCEEDED is its normal end."""
         request = events_pb2.WatchEventsRequest(name=self.vm, follow=True)
         expect = STREAM_CODES | {Code.DEADLINE_EXCEEDED}
-        self.stream("WatchEvents", request, expect=expect, timeout=0.2)
+        self.stream("WatchEvents", request, expect=expect, timeout=0.05, label=FOLLOW)
 
     def delete_vm(self) -> None:
         if self.call("DeleteVm", vm_pb2.DeleteVmRequest(name=self.vm), changes=True) is not None:
@@ -430,7 +433,7 @@ class Worker:
     def check_health(self) -> None:
         start = time.perf_counter()
         answer = self.health.Check(health_pb2.HealthCheckRequest(), timeout=20)
-        self.latencies.append(time.perf_counter() - start)
+        self.latencies.append(("Health.Check", time.perf_counter() - start))
         self.codes["Health.Check", Code.OK] += 1
         if answer.status != health_pb2.HealthCheckResponse.SERVING:
             self.unexpected.append(f"worker {self.index}: health {answer.status}")
