@@ -185,7 +185,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_port = server.metrics.serve(args.metrics_listen)
         print(f"kvmmu-server: metrics on {host}:{metrics_port}/metrics", flush=True)
     print(f"kvmmu-server: {describe_security(config.security)}", flush=True)
-    print(f"kvmmu-server: listening on {host}:{port}", flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -194,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # Ready only now: a SIGTERM right after this line is a graceful stop, not a kill.
+    print(f"kvmmu-server: listening on {host}:{port}", flush=True)
     stop.wait()
     server.stop(drain=args.shutdown_drain)
     print("kvmmu-server: stopped", flush=True)
