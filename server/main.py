@@ -175,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StateError as exc:
         print(f"kvmmu-server: cannot start: {exc}", file=sys.stderr, flush=True)
         return 1
+    except (OSError, RuntimeError) as exc:  # gRPC could not bind or load the credentials
+        print(f"kvmmu-server: cannot listen on {args.listen}: {exc}", file=sys.stderr, flush=True)
+        return 1
     host = args.listen.rpartition(":")[0]
     if server.store is None:
         print("kvmmu-server: state is kept in memory only (--state-dir none)", flush=True)

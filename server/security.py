@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import os
 import socket
+import ssl
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,25 @@ class TlsFiles:
     cert: Path
     key: Path
     client_ca: Path | None = None
+
+    def check(self) -> None:
+        """Load the files as a TLS server would (the ssl module): SecurityError naming the
+        flag for a key that does not match the certificate, an encrypted key, bad PEM."""
+        self.read()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert, self.key, password=lambda: b"")
+        except (ssl.SSLError, OSError) as exc:
+            raise SecurityError(
+                f"--tls-cert {self.cert} / --tls-key {self.key}: not a usable pair "
+                f"({getattr(exc, 'reason', None) or exc}); the key must match the "
+                "certificate and not be encrypted"
+            ) from None
+        if self.client_ca is not None:
+            try:
+                context.load_verify_locations(cafile=self.client_ca)
+            except (ssl.SSLError, OSError) as exc:
+                raise SecurityError(f"--tls-client-ca {self.client_ca}: {exc}") from None
 
     def read(self) -> tuple[bytes, bytes, bytes | None]:
         """(key, chain, client CA) bytes; SecurityError naming an unreadable file."""
@@ -275,7 +295,7 @@ def security_from_args(args: argparse.Namespace) -> Security:
     tls = None
     if cert is not None:
         tls = TlsFiles(Path(cert), Path(key), None if client_ca is None else Path(client_ca))
-        tls.read()  # fail now, with the flag named, rather than at the first handshake
+        tls.check()  # fail now, with the flag named, rather than in gRPC
     digests = frozenset[bytes]()
     if args.token_file is not None:
         digests = load_tokens(Path(args.token_file))

@@ -356,6 +356,7 @@ def test_bad_security_flags_are_usage_errors(pki: Pki, tmp_path: Path) -> None:
         (["--tls-cert", str(tmp_path / "no.crt"), "--tls-key", str(pki.server.key)], "--tls-cert"),
         (["--tls-cert", str(pki.server.key), "--tls-key", str(pki.server.key)], "CERTIFICATE"),
         (["--token-file", str(weak)], "at least 16"),
+        (["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.client.key)], "usable pair"),
     ]
     for args, message in cases:
         result = server_exit("--listen", "127.0.0.1:0", *args)
