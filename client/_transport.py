@@ -135,6 +135,17 @@ class Stream(Generic[T]):
         self.cancel()
 
 
+def check_token(token: str | None) -> str | None:
+    """The token without surrounding whitespace; ValueError unless it is printable
+    ASCII without spaces (what an HTTP/2 header and RFC 6750 allow)."""
+    if token is None:
+        return None
+    token = token.strip()
+    if any(not "!" <= c <= "~" for c in token):
+        raise ValueError("the token must be printable ASCII without spaces (RFC 6750)")
+    return token or None
+
+
 class Transport:
     """A channel plus the call policy (deadline, token, retries) the client applies."""
 
@@ -149,6 +160,7 @@ class Transport:
         self.channel = channel
         self.timeout = timeout
         self.retry = retry
+        token = check_token(token)
         self.metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )

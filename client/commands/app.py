@@ -69,7 +69,10 @@ class App:
         """The client for --server, created on first use."""
         if self._client is None:
             s = self.settings
-            self._client = connect(s.server, timeout=s.timeout, tls=s.tls, token=s.token)
+            try:
+                self._client = connect(s.server, timeout=s.timeout, tls=s.tls, token=s.token)
+            except ValueError as exc:  # a token or TLS setting that cannot be used
+                raise click.UsageError(str(exc)) from None
         return self._client
 
     def close(self) -> None:

@@ -371,3 +371,12 @@ def test_a_token_file_others_can_read_is_warned_about(tmp_path: Path) -> None:
     srv = start_server("--token-file", str(path), "--log-level", "warning")
     assert srv.stop() == 0
     assert "can be read by other users" in srv.log.read_text()
+
+
+def test_a_token_that_cannot_be_a_header_is_refused_by_the_client() -> None:
+    for bad in ("two words", "tab\there", "é-not-ascii", "new\nline"):
+        with pytest.raises(ValueError, match="printable ASCII"):
+            connect("127.0.0.1:1", token=bad)
+    result = run_cli("--token", "bad token", "vm", "list")
+    assert result.returncode == 2 and "printable ASCII" in result.stderr
+    assert "Traceback" not in result.stderr
