@@ -14,6 +14,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client._transport import TlsConfig
 from client.client import connect
@@ -380,3 +382,30 @@ def test_a_token_that_cannot_be_a_header_is_refused_by_the_client() -> None:
     result = run_cli("--token", "bad token", "vm", "list")
     assert result.returncode == 2 and "printable ASCII" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+HEADER_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
+
+
+def test_fuzzed_authorization_headers_are_all_unauthenticated(mtls: Secured) -> None:
+    with mtls.channel() as channel:
+        stub = stub_of(channel)
+
+        @settings(max_examples=300, deadline=None, database=None)
+        @given(
+            scheme=st.sampled_from(["Bearer ", "bearer ", "BEARER  ", "Basic ", "", "Bearer"]),
+            token=st.one_of(
+                st.text(HEADER_CHARS, max_size=80),
+                st.just(TOKEN).map(lambda t: t[:-1]),
+                st.builds(lambda c: TOKEN + c, HEADER_CHARS),
+                st.just(TOKEN.swapcase()),
+            ),
+        )
+        def check(scheme: str, token: str) -> None:
+            if token in (TOKEN, SECOND_TOKEN) and scheme.strip().lower() == "bearer":
+                return  # the real thing, tested above
+            headers = (("authorization", scheme + token),)
+            code, message = code_of(stub.ListVms, vm_pb2.ListVmsRequest(), metadata=headers)
+            assert (code, message) == (Code.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+
+        check()
