@@ -47,7 +47,9 @@ from server.errors import ResourceExists, ResourceNotFound
 
 # LimitExceeded raised by the model's table pool in the middle of an operation.
 POOL_LIMITS: Final = frozenset({"max_tables", "table_serials"})
-INSERT: Final = "INSERT INTO journal (seq, vm_id, op, record, crc) VALUES (?, ?, ?, ?, ?)"
+INSERT: Final = "INSERT INTO journal (seq, vm_id, op, record, crc) VALUES "
+ROW: Final = "(?, ?, ?, ?, ?)"
+ONE_STATEMENT: Final = 512  # rows inserted by one statement (SQLite allows 32766 parameters)
 
 
 def may_have_changed(exc: BaseException) -> bool:
@@ -157,6 +159,16 @@ class Journal:
         """The database to itself (between group commits), for snapshot bookkeeping."""
         return self._commit_lock
 
+    def _insert(self, rows: list[tuple[int, str, str, bytes, int]]) -> None:
+        """One transaction. A single statement in autocommit mode is its own transaction:
+        one call into SQLite (one GIL hand-off) where BEGIN, INSERT, COMMIT would be three."""
+        if len(rows) <= ONE_STATEMENT:
+            self.db.execute(INSERT + ", ".join([ROW] * len(rows)), [v for r in rows for v in r])
+            return
+        self.db.execute("BEGIN")
+        self.db.executemany(INSERT + ROW, rows)
+        self.db.execute("COMMIT")
+
     def _commit_pending(self) -> None:
         if self._failure is not None:
             raise StoreFailed(self._failure)
@@ -173,9 +185,7 @@ class Journal:
             crc = row_crc(item.seq, op.vm_id, op.name, data)
             rows.append((item.seq, op.vm_id, op.name, data, crc))
         try:
-            self.db.execute("BEGIN")
-            self.db.executemany(INSERT, rows)
-            self.db.execute("COMMIT")
+            self._insert(rows)
         except Exception as exc:
             with self._lock:
                 self._failure = exc

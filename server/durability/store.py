@@ -167,7 +167,11 @@ def _connect(db_path: Path, config: DurabilityConfig) -> sqlite3.Connection:
         db = layout.connect(db_path, config.level)
         version = db.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as exc:
-        raise CorruptState(db_path, f"not a readable SQLite database ({exc})") from exc
+        raise CorruptState(
+            db_path,
+            f"not a readable SQLite database ({exc}); nothing in it can be recovered "
+            "automatically, not even with --discard-corrupt-tail: move the directory aside",
+        ) from exc
     if version != layout.SCHEMA_VERSION:
         db.close()
         if version > layout.SCHEMA_VERSION:

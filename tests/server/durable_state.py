@@ -1,0 +1,103 @@
+"""A state directory with snapshots and a journal tail, built in process, and its model.
+
+Phase 1 runs and is snapshotted (the journal is truncated behind it); phase 2
+runs and stays in the journal; then the store is abandoned as a SIGKILL would
+leave it (no final snapshot). `model(n)` is a fresh model after phase 1 and
+the first n ops of phase 2, the state a discarded journal tail must leave.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmu.constants import KVM_MEM_LOG_DIRTY_PAGES
+from mmu.memslots import Memslot
+from server import ops
+from server.apply import apply
+from server.durability.config import DurabilityConfig
+from server.durability.layout import HostRecord
+from server.durability.store import Store, open_store
+from server.registry import Registry
+from tests.server.durable_model import HOST, fresh_registry
+
+NO_TRIGGERS = DurabilityConfig(snapshot_records=0, snapshot_bytes=0, snapshot_seconds=0)
+HOST_RECORD = HostRecord("intel-ept", (), HOST.config.to_dict())
+SLOT_A = Memslot(0, base_gfn=0x100000, npages=0x10000, userspace_addr=0x7F0000000000)
+SLOT_B = Memslot(0, base_gfn=0, npages=0x8000, userspace_addr=0x7E0000000000)
+
+
+def _gpas(base_gfn: int, count: int, step: int = 1) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    return (np.arange(count, dtype=np.uint64) * np.uint64(step) + np.uint64(base_gfn)) << np.uint64(
+        12
+    )
+
+
+PHASE1: list[ops.Op[Any]] = [
+    ops.CreateVm("a", display_name="first", create_time_ns=1),
+    ops.CreateVm("b", vm_type=1, tracing=True, create_time_ns=2),
+    ops.SetMemslot("a", slot=SLOT_A),
+    ops.SetMemslot("b", slot=SLOT_B),
+    ops.BatchFault("a", gpas=_gpas(0x100000, 4096), shared_error_code=2),
+    ops.Fault("b", gpa=0x3000, error_code=2),
+    ops.SetMemoryAttributes("b", start_gfn=0x100, end_gfn=0x200, private=True),
+]
+PHASE2: list[ops.Op[Any]] = [
+    ops.Fault("a", gpa=0x100000 << 12 | 0x5000_000, error_code=2),
+    ops.BatchFault(
+        "b", gpas=_gpas(0x10, 300, 3), error_codes=np.tile(np.array([2, 0, 6], np.uint64), 100)
+    ),
+    ops.Zap("a", kind="range", start_gfn=0x100000, end_gfn=0x100100),
+    ops.SetMemslot(
+        "a", slot=Memslot(0, 0x100000, 0x10000, KVM_MEM_LOG_DIRTY_PAGES, 0x7F0000000000)
+    ),
+    ops.BatchFault("a", gpas=_gpas(0x100200, 512), shared_error_code=2),
+    ops.GetDirtyLog("a", slot_id=0),
+    ops.Age("a", start_gfn=0, end_gfn=1 << 30),
+    ops.UpdateVm("b", display_name="renamed", tracing=False),
+    ops.CreateVm("c", create_time_ns=3),
+    ops.SetMemslot("c", slot=SLOT_B),
+    ops.Fault("c", gpa=0x7000, error_code=4),
+    ops.DeleteVm("c"),
+    ops.Fault("a", gpa=0xFEE00000, error_code=0),
+]
+
+
+def run_ops(registry: Registry, script: list[ops.Op[Any]]) -> None:
+    for op in script:
+        apply(registry, op)
+
+
+def abandon(store: Store) -> None:
+    """Leave the store as a killed process would: no final snapshot, nothing flushed later."""
+    store.snapshotter.stop()
+    store.db.close()
+    store.lock.close()
+
+
+def build(state: Path, config: DurabilityConfig = NO_TRIGGERS, killed: Path | None = None) -> int:
+    """Build the state directory; returns the sequence of PHASE2's first record.
+
+    `killed` gets a copy of the directory as a SIGKILL leaves it (with the WAL file that a
+    clean close folds into journal.db)."""
+    registry = fresh_registry()
+    store = open_store(state, config, registry, HOST_RECORD)
+    assert store is not None
+    run_ops(registry, PHASE1)
+    store.checkpoint()
+    first = store.journal.next_seq
+    run_ops(registry, PHASE2)
+    store.journal.flush()
+    if killed is not None:
+        shutil.copytree(state, killed)
+    abandon(store)
+    return first
+
+
+def model(phase2: int = len(PHASE2)) -> Registry:
+    registry = fresh_registry()
+    run_ops(registry, PHASE1 + PHASE2[:phase2])
+    return registry
