@@ -32,7 +32,8 @@ RUN set -eu; \
     /opt/kvmmu/bin/pip install --quiet "$@" --upgrade pip; \
     /opt/kvmmu/bin/pip install --quiet "$@" /src; \
     /opt/kvmmu/bin/kvmmu --version; \
-    /opt/kvmmu/bin/kvmmu-server --help >/dev/null
+    /opt/kvmmu/bin/kvmmu-server --help >/dev/null; \
+    /opt/kvmmu/bin/pip uninstall --quiet --yes pip setuptools wheel
 
 FROM ${BASE_IMAGE}
 # The server's user; a bind-mounted state dir or secret must be readable (the

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:50051
 STATE  ?= .kvmmu-state
 
-.PHONY: docs-images install run test lint typecheck proto proto-check buf-lint unit bench clean compose-check
+.PHONY: docs-images install run test lint typecheck proto proto-check buf-lint unit bench clean compose-check container-smoke
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,3 +64,9 @@ clean:
 docs-images: $(STAMP)
 	$(PY) scripts/docs_images.py
 
+# Opt-in, not part of `make test`: build the image offline with podman (a
+# debootstrap base, wheels downloaded on the host), run it, check health, a
+# fault, SIGTERM and durable state (scripts/container-smoke.sh; as root it
+# installs podman, buildah, runc and debootstrap itself).
+container-smoke: $(STAMP)
+	bash scripts/container-smoke.sh
