@@ -122,12 +122,13 @@ class Snapshotter:
 
     # --- the checkpoint ------------------------------------------------------------
 
-    def checkpoint(self, *, everything: bool = False) -> CheckpointReport:
-        """Snapshot every VM changed since its last snapshot (all with `everything`)."""
+    def checkpoint(self, *, everything: bool = False, prune: bool = True) -> CheckpointReport:
+        """Snapshot every VM changed since its last snapshot (all with `everything`);
+        `prune` deletes the snapshot files the new index no longer names."""
         with self._lock:
             start = time.perf_counter()
-            self.journal.stats.records_since_snapshot = 0
-            self.journal.stats.bytes_since_snapshot = 0
+            stats = self.journal.stats
+            records, size = stats.records_since_snapshot, stats.bytes_since_snapshot
             cut, taken, kept = self._cut(everything)
             rows = dict(kept)
             for vm_id, seq, data, meta in taken:
@@ -136,7 +137,10 @@ class Snapshotter:
             with self.journal.exclusive():
                 truncated = self._switch(rows, cut)
             self.rows = rows
-            self.remove_unreferenced()
+            stats.records_since_snapshot -= records  # what came in meanwhile counts next time
+            stats.bytes_since_snapshot -= size
+            if prune:
+                self.remove_unreferenced()
             self.checkpoints += 1
             return CheckpointReport(
                 len(taken), len(kept), cut, truncated, time.perf_counter() - start

@@ -25,6 +25,7 @@ from server.durability.errors import CorruptState, StateError, StateIncompatible
 from server.durability.journal import Journal
 from server.durability.layout import HostRecord
 from server.durability.recovery import Recovery, recover
+from server.durability.snapshots import SnapshotRow
 from server.registry import Registry
 
 log = logging.getLogger("kvmmu.durability")
@@ -103,8 +104,11 @@ def open_store(
     """Open (or initialise) the state directory and recover `registry` from it."""
     if state_dir is None:
         return None
-    state_dir.mkdir(parents=True, exist_ok=True)
-    lock = layout.lock_dir(state_dir)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lock = layout.lock_dir(state_dir)
+    except OSError as exc:
+        raise StateError(f"{state_dir}: cannot be used as the state directory ({exc})") from exc
     try:
         return _open(state_dir, config, registry, host, lock)
     except BaseException:
@@ -135,19 +139,16 @@ def _open(
     try:
         recovery = recover(db, db_path, snapshot_dir, registry, discard=config.discard_corrupt_tail)
         notes: list[str] = []
+        rows = recovery.rows
         if recovery.damage:
             db.close()
-            notes = _rebuild(state_dir, recovery)
+            rows, notes = _rebuild(state_dir, recovery, registry, config)
             db = _connect(db_path, config)
         journal = Journal(db, recovery.next_seq, lambda: registry.limits.max_tables_per_vm)
         journal.last_seq.update(recovery.last_seq)
-        rows = {} if recovery.damage else recovery.rows
         snapshotter = Snapshotter(db, snapshot_dir, registry, journal, config, rows)
         journal.on_commit = snapshotter.on_commit
-        if recovery.damage:
-            snapshotter.checkpoint(everything=True)
-        else:
-            snapshotter.remove_unreferenced()
+        snapshotter.remove_unreferenced()
     except BaseException:
         db.close()
         raise
@@ -221,29 +222,37 @@ def _holds_state(db_path: Path) -> bool:
     return bool(journal or snapshots)
 
 
-def _rebuild(state_dir: Path, recovery: Recovery) -> list[str]:
-    """--discard-corrupt-tail: move the damaged files aside; a new journal.db follows.
+def _rebuild(
+    state_dir: Path, recovery: Recovery, registry: Registry, config: DurabilityConfig
+) -> tuple[dict[str, SnapshotRow], list[str]]:
+    """--discard-corrupt-tail: a new journal.db holding snapshots of what was recovered.
 
-    The new database is built beside the old one and renamed into place
-    only after the old one was moved aside (a crash in between is finished
-    by the next start: see _finish_rebuild). The store then snapshots every
-    recovered VM into it.
+    It is built completely beside the old one (snapshot files written, index
+    committed) before the old database is moved aside and the new one renamed
+    into place; a crash in between is finished by the next start (see
+    _finish_rebuild). Old snapshot files are pruned only after the switch.
+    Returns the new index and the lines that report what was dropped.
     """
-    aside = state_dir / time.strftime("damaged-%Y%m%dT%H%M%S", time.gmtime())
-    aside.mkdir(exist_ok=True)
     db_path = state_dir / layout.DB_FILE
     fresh = db_path.with_name(layout.DB_FILE + ".new")
     fresh.unlink(missing_ok=True)
     layout.create_db(fresh, recovery.next_seq)
-    for path in recovery.damaged_files:
-        if path.exists():
-            shutil.move(path, aside / path.name)
+    with contextlib.closing(layout.connect(fresh, "power")) as db:
+        journal = Journal(db, recovery.next_seq, lambda: registry.limits.max_tables_per_vm)
+        snapshots = state_dir / layout.SNAPSHOT_DIR
+        snapshotter = Snapshotter(db, snapshots, registry, journal, config, {})
+        snapshotter.checkpoint(everything=True, prune=False)
+    aside = state_dir / time.strftime("damaged-%Y%m%dT%H%M%S", time.gmtime())
+    aside.mkdir(exist_ok=True)
     for path in sorted(state_dir.iterdir()):
         if path.name in (layout.DB_FILE, f"{layout.DB_FILE}-wal", f"{layout.DB_FILE}-shm"):
             shutil.move(path, aside / path.name)
     layout.fsync_dir(aside)
     fresh.rename(db_path)
     layout.fsync_dir(state_dir)
+    for path in recovery.damaged_files:
+        if path.exists():
+            shutil.move(path, aside / path.name)
     lines = [f"DISCARDED (--discard-corrupt-tail): {damage}" for damage in recovery.damage]
     if recovery.dropped_records:
         count = "an unknown number of" if recovery.dropped_records < 0 else recovery.dropped_records
@@ -251,7 +260,7 @@ def _rebuild(state_dir: Path, recovery: Recovery) -> list[str]:
     if recovery.lost_vms:
         lines.append(f"lost VMs (damaged snapshot): {', '.join(recovery.lost_vms)}")
     lines.append(f"the damaged files were moved to {aside}; a new journal was started")
-    return lines
+    return snapshotter.rows, lines
 
 
 def _finish_rebuild(db_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf import field_mask_pb2
+from google.protobuf.message import Message
 
 from kvmmu.v1 import common_pb2, fault_pb2, memslot_pb2, service_pb2_grpc, spte_pb2, vm_pb2
 from server import ops
@@ -50,6 +51,7 @@ class Answer:
     make: OpFactory
     acked: bool
     succeeded: bool = False
+    reply: Message | None = None
 
 
 def _op(stub: service_pb2_grpc.MmuServiceStub, belief: Belief, vm_id: str,
@@ -206,12 +208,12 @@ class Client(threading.Thread):
         while True:
             call, request, make, update = _op(self.stub, self.belief, self.vm_id, self.rng)
             try:
-                call(request, timeout=20)
+                reply = call(request, timeout=20)
             except grpc.RpcError as err:
                 if not _answered(err):
                     self.answers.append(Answer(make, acked=False))
                     return
                 self.answers.append(Answer(make, acked=True, succeeded=False))
                 continue
-            self.answers.append(Answer(make, acked=True, succeeded=True))
+            self.answers.append(Answer(make, acked=True, succeeded=True, reply=reply))
             update()

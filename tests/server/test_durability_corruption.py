@@ -242,3 +242,9 @@ def test_a_foreign_directory_is_refused(tmp_path: Path) -> None:
     message = refused(tmp_path)
     assert "holds files (notes.txt) but no kvmmu-state.json" in message
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_file_is_not_a_state_directory(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("x")
+    assert f"{path}: cannot be used as the state directory" in refused(path)

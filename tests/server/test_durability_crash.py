@@ -78,7 +78,7 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
         for model, client in zip(models, clients, strict=True):
             for answer in client.answers:
                 if answer.acked:
-                    model.acknowledged(answer.make, answer.succeeded)
+                    model.acknowledged(answer.make, answer.succeeded, answer.reply)
                 else:
                     model.unacknowledged(answer.make)
     # A graceful stop (final snapshot) and a start from the snapshots alone.
