@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(PY) bench/mmu.py
 	$(PY) bench/rpc.py
 	$(PY) bench/load.py
+	$(PY) bench/durability.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

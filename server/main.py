@@ -1,9 +1,10 @@
 """kvmmu-server: serve the KVM x86 MMU model over gRPC.
 
 Every flag has an environment variable KVMMU_<FLAG> (upper case, dashes as
-underscores); a flag given on the command line wins. Prints
-"kvmmu-server: listening on HOST:PORT" once serving (port 0 picks a free
-port), and exits 0 after a graceful stop on SIGTERM or SIGINT.
+underscores), except --discard-corrupt-tail; a flag given on the command line
+wins. Prints what state it recovered, then "kvmmu-server: listening on
+HOST:PORT" once serving (port 0 picks a free port), and exits 0 after a
+graceful stop on SIGTERM or SIGINT; 1 when the state directory cannot be used.
 """
 
 from __future__ import annotations
