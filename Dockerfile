@@ -1,11 +1,10 @@
-# syntax=docker/dockerfile:1
-#
 # The kvmmu-server image: `docker build -t kvmmu .` (or `docker compose build`).
 #
 # Offline build: when the build context has wheels in build/wheels/ (the
 # project's runtime dependencies and its build backend, for the base image's
 # Python and platform), pip installs only from them (--no-index); otherwise it
-# uses the package index. scripts/container-smoke.sh builds this way.
+# uses the package index. scripts/container-smoke.sh builds this way. (No
+# `# syntax=` line: BuildKit would fetch that frontend from a registry.)
 #
 # The image is secure by default: it listens on 0.0.0.0:50051, which the
 # server refuses without TLS or a token unless KVMMU_INSECURE=true says the

@@ -105,10 +105,10 @@ trap 'exit 143' TERM
 # --- 1. tools -----------------------------------------------------------------
 
 step "tools"
-[[ -x $HOST_KVMMU && -x $HOST_PY ]] || skip "the host's kvmmu CLI is missing: run make install (or make container-smoke)"
 if [[ $(id -u) -ne 0 ]]; then
     skip "not root: this smoke test runs podman rootful (sudo make container-smoke)"
 fi
+[[ -x $HOST_KVMMU && -x $HOST_PY ]] || skip "the host's kvmmu CLI is missing: run make install (or make container-smoke)"
 missing=()
 for tool in podman runc debootstrap buildah; do
     command -v "$tool" >/dev/null || missing+=("$tool")
@@ -198,7 +198,7 @@ done
     "${PLATFORMS[@]}" --platform any \
     --dest "$WHEELS" -r "$WORK/requirements.txt" >"$WORK/pip.log" 2>&1 ||
     { tail -20 "$WORK/pip.log"; fail "pip download failed (log above)"; }
-log "$(find "$WHEELS" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1): $(cd "$WHEELS" && ls ./*.whl | sed 's|^\./||; s/-.*//' | sort | tr '\n' ' ')"
+log "$(find "$WHEELS" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1): $(find "$WHEELS" -name '*.whl' -printf '%f\n' | sed 's/-.*//' | sort | tr '\n' ' ')"
 done_step wheels
 
 # --- 4. build -----------------------------------------------------------------
@@ -294,6 +294,7 @@ wait_serving "kvmmu-smoke-1-$$"
 health=$(pm healthcheck run "kvmmu-smoke-1-$$" 2>&1) && status=0 || status=$?
 [[ $status == 0 ]] || fail "the image's HEALTHCHECK failed (exit $status): $health"
 log "the image's HEALTHCHECK (podman healthcheck run): healthy"
+# shellcheck disable=SC2016 # expanded by the container's shell
 log "inside: $(pm exec "kvmmu-smoke-1-$$" sh -c 'echo "uid $(id -u) ($(id -un)), $(python3 --version), state dir: $(ls -A /var/lib/kvmmu | tr "\n" " ")"')"
 pm logs "kvmmu-smoke-1-$$" 2>&1 | sed -n 's/^/    /; /kvmmu-server:/p; /WARNING/p' | head -8
 done_step run
