@@ -60,6 +60,14 @@ class KvmmuServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
         )
         self._stopped = threading.Event()
+        if self.store is not None:
+            self.store.journal.on_failure = self._store_failed
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """Nothing more can be acknowledged: health says so, for a supervisor to restart us."""
+        log.error("the durable store failed (%s): NOT_SERVING until restarted", exc)
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def start(self) -> None:
         self.grpc.start()

@@ -93,6 +93,7 @@ class Journal:
         self.lifecycle = threading.Lock()  # VM creation and deletion vs. snapshots
         self._max_tables = max_tables
         self.on_commit: Callable[[JournalStats], None] | None = None  # after each commit
+        self.on_failure: Callable[[BaseException], None] | None = None  # once, on failure
         self._no_guard = contextlib.nullcontext()
         self._lock = threading.Lock()  # the pending list and the sequence counter
         self._pending: list[_Pending] = []
@@ -191,6 +192,8 @@ class Journal:
                 self._failure = exc
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
+            if self.on_failure is not None:
+                self.on_failure(exc)
             raise StoreFailed(exc) from exc
         self._durable = batch[-1].seq
         stats = self.stats

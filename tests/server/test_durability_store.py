@@ -9,15 +9,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from google.rpc import code_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from kvmmu.v1 import service_pb2_grpc, vm_pb2
 from mmu.errors import ModelError
 from mmu.memslots import Memslot
 from mmu.vm import Vm
 from server import ops
+from server.app import create_server
 from server.apply import apply
+from server.config import ServerConfig
 from server.durability.codec import Record, decode, encode
 from server.durability.config import DurabilityConfig
 from server.durability.errors import CorruptState, StoreFailed
@@ -247,3 +252,24 @@ def test_flags_build_the_durability_config() -> None:
     assert "--durability {process,power}" in text and "group commit" in text
     with pytest.raises(SystemExit):
         parser.parse_args(["--durability", "paper"])
+
+
+def test_a_failing_store_turns_health_not_serving(tmp_path: Path) -> None:
+    config = ServerConfig(state_dir=tmp_path / "s")
+    server, port = create_server("127.0.0.1:0", config=config)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = service_pb2_grpc.MmuServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            stub.CreateVm(vm_pb2.CreateVmRequest(vm_id="a"))
+            assert server.store is not None
+            server.store.db.close()  # the disk is gone
+            with pytest.raises(grpc.RpcError) as err:
+                stub.UpdateVm(vm_pb2.UpdateVmRequest(vm=vm_pb2.Vm(name="vms/a", display_name="x")))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            status = health.Check(health_pb2.HealthCheckRequest()).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        server.grpc.stop(0).wait()
+        server.store.snapshotter.stop()  # type: ignore[union-attr]
+        server.store.lock.close()  # type: ignore[union-attr]
