@@ -56,9 +56,14 @@ class Recovery:
 
     def summary(self) -> str:
         return (
-            f"recovered {self.vms} VMs ({self.sptes:,} SPTEs) from {self.snapshots} snapshots "
-            f"and {self.replayed} journal records replayed in {self.seconds:.3f} s"
+            f"recovered {count(self.vms, 'VM')} ({self.sptes:,} SPTEs) from "
+            f"{count(self.snapshots, 'snapshot')} and {count(self.replayed, 'journal record')} "
+            f"replayed in {self.seconds:.3f} s"
         )
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def relaxed(limits: Limits) -> Limits:

@@ -24,7 +24,7 @@ from server.durability.config import DurabilityConfig
 from server.durability.errors import CorruptState, StateError, StateIncompatible
 from server.durability.journal import Journal
 from server.durability.layout import HostRecord
-from server.durability.recovery import Recovery, recover
+from server.durability.recovery import Recovery, count, recover
 from server.durability.snapshots import SnapshotRow
 from server.registry import Registry
 
@@ -255,8 +255,12 @@ def _rebuild(
             shutil.move(path, aside / path.name)
     lines = [f"DISCARDED (--discard-corrupt-tail): {damage}" for damage in recovery.damage]
     if recovery.dropped_records:
-        count = "an unknown number of" if recovery.dropped_records < 0 else recovery.dropped_records
-        lines.append(f"dropped {count} journal records from the first damaged one on")
+        dropped = (
+            "an unknown number of journal records"
+            if recovery.dropped_records < 0
+            else count(recovery.dropped_records, "journal record")
+        )
+        lines.append(f"dropped {dropped} from the first damaged one on")
     if recovery.lost_vms:
         lines.append(f"lost VMs (damaged snapshot): {', '.join(recovery.lost_vms)}")
     lines.append(f"the damaged files were moved to {aside}; a new journal was started")

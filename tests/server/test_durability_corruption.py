@@ -126,7 +126,7 @@ def test_torn_journal_record(state: Path, first: int) -> None:
     assert f"journal record {last} (vm a): fault: checksum mismatch" in message
     assert "torn or damaged" in message
     with serving(state, "--discard-corrupt-tail") as srv:
-        assert "dropped 1 journal records" in "".join(srv.banner)
+        assert "dropped 1 journal record from" in "".join(srv.banner)
         assert_state(srv, model(len(PHASE2) - 1))
 
 
