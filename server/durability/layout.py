@@ -38,6 +38,7 @@ LOCK_FILE: Final = "LOCK"
 DB_FILE: Final = "journal.db"
 SNAPSHOT_DIR: Final = "snapshots"
 SCHEMA_VERSION: Final = 1  # PRAGMA user_version of journal.db
+WAL_SIZE_LIMIT: Final = 64 << 20
 
 SCHEMA: Final = """
 CREATE TABLE journal (
@@ -212,6 +213,7 @@ def connect(path: Path, level: Level) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous(level)}")
+    db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")  # the WAL file after a reset
     return db
 
 
