@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# gRPC's C core logs its own INFO lines (e.g. on TLS failures) to stderr; the CLI
+# reports errors itself, one line each. Set before grpc is first imported.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import click
 
 from client._transport import DEFAULT_TARGET, DEFAULT_TIMEOUT, TlsConfig

@@ -21,7 +21,7 @@ from mmu.constants import (
 )
 from mmu.errors import Conflict, InvalidInput, NotFound, Refused
 from mmu.events import OpContext
-from mmu.memslots import HUGE_LEVELS, VALID_FLAGS, Memslot, SlotState
+from mmu.memslots import HUGE_LEVELS, KVM_MEM_MAX_NR_PAGES, VALID_FLAGS, Memslot, SlotState
 from mmu.mmio import mmio_gen_wrap_zaps
 from mmu.state import VmState
 from mmu.tdp_mmu import unmap_gfn_range, zap_all_fast
@@ -158,6 +158,12 @@ def create(state: VmState, ctx: OpContext, slot: Memslot) -> MemslotResult:
     check_flags(state, slot.flags)
     if slot.npages <= 0:
         raise _einval("a new memslot needs at least one page", "npages")
+    if slot.npages > KVM_MEM_MAX_NR_PAGES:
+        raise InvalidInput(
+            f"{slot.npages} pages: KVM takes at most {KVM_MEM_MAX_NR_PAGES} per memslot",
+            field="npages",
+            errno="EINVAL",
+        )
     if state.memslots.get(slot.id) is not None:
         raise _einval(f"memslot {slot.id} already exists", "slot")
     other = state.memslots.overlapping(slot.base_gfn, slot.npages)

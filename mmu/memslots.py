@@ -24,6 +24,7 @@ from mmu.constants import (
 )
 
 VALID_FLAGS = KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY | KVM_MEM_GUEST_MEMFD
+KVM_MEM_MAX_NR_PAGES = (1 << 31) - 1  # x86: a memslot's npages must fit in 31 bits
 HUGE_LEVELS = (PG_LEVEL_2M, PG_LEVEL_1G)
 
 

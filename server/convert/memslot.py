@@ -6,7 +6,7 @@ from typing import Final
 
 from kvmmu.v1 import common_pb2, memslot_pb2
 from mmu.constants import KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
-from mmu.memslots import Memslot
+from mmu.memslots import KVM_MEM_MAX_NR_PAGES, Memslot
 from server import ops
 from server.errors import FieldError
 from server.names import memslot_name, parse_memslot_name, parse_vm_name
@@ -51,6 +51,12 @@ def memslot_from_proto(msg: memslot_pb2.Memslot) -> Memslot:
         )
     if msg.memory_size % PAGE:
         raise FieldError("must be a multiple of 4096", field="memslot.memory_size")
+    if msg.memory_size // PAGE > KVM_MEM_MAX_NR_PAGES:
+        raise FieldError(
+            f"at most {KVM_MEM_MAX_NR_PAGES * PAGE:#x} bytes ({KVM_MEM_MAX_NR_PAGES} pages, KVM: "
+            "-EINVAL)",
+            field="memslot.memory_size",
+        )
     if msg.backing_page_size not in BACKING_LEVELS:
         raise FieldError(
             f"unknown backing page size {msg.backing_page_size}", field="memslot.backing_page_size"

@@ -263,6 +263,18 @@ def test_cli_with_mutual_tls_and_a_token_from_flag_or_environment(mtls: Secured)
     assert no_cert.returncode == 3 and "Traceback" not in no_cert.stderr
 
 
+def test_cli_reports_a_failed_handshake_in_one_line_of_its_own(pki: Pki) -> None:
+    plaintext = start_server("--state-dir", "none", "--log-level", "warning")
+    try:
+        result = run_cli("--server", plaintext.address, "--tls-ca", str(pki.ca), "host")
+    finally:
+        assert plaintext.stop() == 0
+    assert result.returncode == 3
+    # gRPC's C core logs each failed handshake to stderr unless told not to.
+    assert result.stderr.startswith("kvmmu: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "--tls-ca" in result.stderr
+
+
 # --- the listen policy and start-up checks --------------------------------------------
 
 

@@ -205,6 +205,9 @@ def test_rejected_operations_change_nothing() -> None:
         vm.create_memslot(slot(1, 0x400, 0x10, flags=0x80))
     with pytest.raises(Refused):
         vm.create_memslot(slot(1, (1 << 34) - 4, 0x10, pfn_base=0x5000))  # past max gfn
+    with pytest.raises(InvalidInput) as too_big:
+        vm.create_memslot(slot(1, 0x1000, 1 << 31))  # npages must fit in 31 bits
+    assert too_big.value.field == "npages"
     with pytest.raises(InvalidInput):
         vm.fault(1 << 52, READ)
     assert (vm.generation, vm.stats(), vm.dump().values.tolist(), vm.memslots()) == before

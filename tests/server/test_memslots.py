@@ -65,6 +65,7 @@ def test_set_memslot_refusals_change_nothing(stub):
         ({"guest_phys_addr": 0x1001}, "memslot.guest_phys_addr"),
         ({"memory_size": 0}, "memslot.memory_size"),
         ({"memory_size": 0x1800}, "memslot.memory_size"),
+        ({"memory_size": 1 << 43}, "memslot.memory_size"),  # 2**31 pages
         ({"slot": 40000}, "memslot.slot"),
         ({"userspace_addr": 0x123}, "memslot.userspace_addr"),
         ({"backing_page_size": 9}, "memslot.backing_page_size"),
