@@ -51,6 +51,7 @@ class KvmmuServer:
                 ServingInterceptor(self.metrics, limits.max_message_bytes),
             ],
             options=grpc_options(limits),
+            maximum_concurrent_rpcs=limits.max_inflight_rpcs,
         )
         service_pb2_grpc.add_MmuServiceServicer_to_server(
             MmuServicer(self.registry, config), self.grpc

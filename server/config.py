@@ -40,6 +40,9 @@ class Limits:
     # Pages a dirty-logging memslot may span: its bitmap is built on every GetDirtyLog
     # (1 bit a page; the default 2^25 pages = 128 GiB of guest memory, a 4 MiB bitmap).
     max_dirty_log_pages: int = 1 << 25
+    # Calls running or queued for a worker; gRPC refuses more before reading them, so
+    # a flood of requests cannot queue without bound in memory.
+    max_inflight_rpcs: int = 1024
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -47,6 +47,7 @@ _LIMIT_HELP = {
     "max_chunk_size": "largest SPTEs per StreamSptes message",
     "max_message_bytes": "bytes of one request message",
     "max_dirty_log_pages": "pages a dirty-logging memslot may span",
+    "max_inflight_rpcs": "calls running or waiting for a worker (streams included)",
 }
 
 
@@ -160,8 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
     except (ModelError, ValueError) as exc:
         parser.error(str(exc))
+    # Streams can each hold a worker and an in-flight slot for as long as the client
+    # likes; short calls must always find both.
     if args.workers <= args.max_concurrent_streams:
         parser.error("--workers must exceed --max-concurrent-streams")
+    if args.max_inflight_rpcs <= args.max_concurrent_streams:
+        parser.error("--max-inflight-rpcs must exceed --max-concurrent-streams")
     refusal = listen_refusal(args.listen, config.security)
     if refusal is not None:
         print(f"kvmmu-server: error: {refusal}", file=sys.stderr)

@@ -30,6 +30,8 @@ from kvmmu.v1 import (
     spte_pb2,
     vm_pb2,
 )
+from server.app import create_server
+from server.config import Limits, ServerConfig
 from tests.server.conftest import REPO, add_slot, create_vm, fails, start_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -179,6 +181,51 @@ def test_limit_concurrent_streams(tight):
             pytest.fail("stream slots were not released")
     finally:
         tight.DeleteVm(vm_pb2.DeleteVmRequest(name=vm))
+
+
+def test_limit_inflight_rpcs_refuses_calls_beyond_it_before_reading_them() -> None:
+    # In process, to set the limit equal to the streams limit (the CLI refuses that):
+    # two held streams then fill every in-flight slot, with no timing involved.
+    limits = Limits(max_concurrent_streams=2, max_inflight_rpcs=2)
+    server, port = create_server("127.0.0.1:0", config=ServerConfig(limits=limits))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = service_pb2_grpc.MmuServiceStub(channel)
+            vm = create_vm(stub)
+            request = events_pb2.WatchEventsRequest(name=vm, follow=True)
+            held = [stub.WatchEvents(request, timeout=30) for _ in range(2)]
+            for stream in held:
+                assert dict(stream.initial_metadata())["kvmmu-first-sequence"] == "1"
+            with pytest.raises(grpc.RpcError) as refused:  # gRPC's own refusal: no details
+                stub.GetHost(host_pb2.GetHostRequest(), timeout=10)
+            assert refused.value.code() == Code.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+            held[0].cancel()
+            for _ in range(50):  # the server notices the cancellation promptly
+                try:
+                    assert stub.GetHost(host_pb2.GetHostRequest(), timeout=10).name == "host"
+                    break
+                except grpc.RpcError as err:
+                    assert err.code() == Code.RESOURCE_EXHAUSTED
+                    threading.Event().wait(0.1)
+            else:
+                pytest.fail("the in-flight slot was not released")
+            held[1].cancel()
+    finally:
+        server.stop(grace=1)
+
+
+def test_cli_keeps_room_for_short_calls_beside_streams() -> None:
+    for flags in (["--workers", "4"], ["--max-inflight-rpcs", "4"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "server.main", "--max-concurrent-streams", "4", *flags],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert f"{flags[0]} must exceed --max-concurrent-streams" in result.stderr
 
 
 # --- fuzz ----------------------------------------------------------------------
