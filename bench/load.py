@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -27,27 +26,11 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._util import emit
+from bench._util import emit, start_server
 from bench._workload import FOLLOW, Worker, set_up_shared
 from kvmmu.v1 import service_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (1, 8, 32)
-
-
-def start_server() -> tuple[subprocess.Popen[str], int]:
-    args = ["--listen", "127.0.0.1:0", "--log-level", "error", "--max-vms", "100"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.main", *args, "--workers", "48"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "listening on" in line:
-            return proc, int(line.rsplit(":", 1)[1])
-    raise RuntimeError("kvmmu-server did not start")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -55,7 +38,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def level(clients: int, seconds: float) -> dict[str, float]:
-    proc, port = start_server()
+    proc, port = start_server("--max-vms", "100", "--workers", "48")
     target = f"127.0.0.1:{port}"
     try:
         with grpc.insecure_channel(target) as channel:

@@ -14,7 +14,6 @@ Prints a readable summary and, as its last line, one JSON object.
 from __future__ import annotations
 
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,30 +24,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._util import emit, human, rate
+from bench._util import emit, human, rate, start_server
 from kvmmu.v1 import fault_pb2, memslot_pb2, service_pb2_grpc, spte_pb2, vm_pb2
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGES = 1 << 20  # 4 GiB of 4K pages
 BASE_GFN = 0x100000
 WRITE = 0x2
 BATCH = 4096
 UNARY = 2000
 CHUNK = 1 << 17
-
-
-def start_server() -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.main", "--listen", "127.0.0.1:0", "--log-level", "error"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "listening on" in line:
-            return proc, int(line.rsplit(":", 1)[1])
-    raise RuntimeError("kvmmu-server did not start")
 
 
 def memslot(pages: int) -> memslot_pb2.Memslot:
