@@ -16,21 +16,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import Any, Final, NoReturn
 
 import grpc
 
 from server.config import Limits
+from server.interceptor import BaseInterceptor, Handler
 from server.metrics import Metrics
 from server.security import Security
 
 log = logging.getLogger("kvmmu.server")
-if TYPE_CHECKING:
-    Handler = grpc.RpcMethodHandler[Any, Any]
-    _Interceptor = grpc.ServerInterceptor[Any, Any]
-else:
-    Handler = grpc.RpcMethodHandler
-    _Interceptor = grpc.ServerInterceptor
 
 UNAUTHENTICATED_MESSAGE: Final = "a valid bearer token is required (authorization: Bearer <token>)"
 # Methods of these services are served without a token.
@@ -38,7 +33,7 @@ EXEMPT_PREFIXES: Final = ("/grpc.health.v1.Health/",)
 _SCHEME: Final = "bearer "
 
 
-def auth_interceptors(security: Security, metrics: Metrics | None = None) -> list[_Interceptor]:
+def auth_interceptors(security: Security, metrics: Metrics | None = None) -> list[BaseInterceptor]:
     """The interceptors that go before all others: the token check, if tokens are set."""
     return [TokenAuthInterceptor(security, metrics)] if security.requires_token else []
 
@@ -83,7 +78,7 @@ def bearer_token(metadata: Any) -> bytes | None:
     return token.encode() if token else None
 
 
-class TokenAuthInterceptor(_Interceptor):
+class TokenAuthInterceptor(BaseInterceptor):
     """Requires a valid bearer token on every call except the exempt services."""
 
     def __init__(self, security: Security, metrics: Metrics | None = None) -> None:

@@ -20,10 +20,10 @@ from server.status import status_for
 log = logging.getLogger("kvmmu.server")
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
-    _Interceptor = grpc.ServerInterceptor[Any, Any]
+    BaseInterceptor = grpc.ServerInterceptor[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
-    _Interceptor = grpc.ServerInterceptor
+    BaseInterceptor = grpc.ServerInterceptor
 Unary = Callable[[Any, grpc.ServicerContext], Any]
 Streaming = Callable[[Any, grpc.ServicerContext], Iterator[Any]]
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
@@ -67,7 +67,7 @@ def _check(request: Any) -> None:
         raise FieldError(f"the request bytes are not a valid message: {request.error}", field="")
 
 
-class ServingInterceptor(_Interceptor):
+class ServingInterceptor(BaseInterceptor):
     """Wraps each method handler once (cached per method)."""
 
     def __init__(
