@@ -527,10 +527,10 @@ def tdp_mmu_map(state: VmState, ctx: OpContext, fault: PageFault, res: FaultResu
             if not it.descend():
                 break
             continue
+        if tree == TREE_MIRROR and _present(it.old_spte):  # before anything changes
+            raise KvmBug("a huge page in the mirror (TDX private) tree")
         child = alloc_table(state, ctx, it.level - 1, it.gfn, tree, fault.huge_page_disallowed)
         if _present(it.old_spte):
-            if tree == TREE_MIRROR:
-                raise KvmBug("a huge page in the mirror (TDX private) tree")
             if ctx.explain is not None:
                 ctx.step(
                     "tdp_mmu_split_huge_page",
@@ -680,10 +680,13 @@ def page_fault(state: VmState, ctx: OpContext, gpa: int, error_code: int) -> Fau
     ):
         return FaultResult(outcome=Outcome.ENOMEM, gfn=(gpa >> 12) & ~state.gfn_direct_bits)
     ensure_roots(state, ctx)
-    if (
-        state.is_sw_protected
-        and not error_code & PFERR_RSVD_MASK
-        and state.attributes.is_private(gpa >> 12)
+    if not error_code & PFERR_RSVD_MASK and (
+        # SW_PROTECTED: KVM takes privateness from the GFN's attribute (8.3 step 1).
+        (state.is_sw_protected and state.attributes.is_private(gpa >> 12))
+        # TDX: the EPT-violation handler marks every GPA without the shared bit
+        # private (8.3, 8.12), so such a fault can never reach the mirror tree as
+        # shared (a shared fault there could map a huge page KVM would BUG on).
+        or (state.is_tdx and not (gpa >> 12) & state.gfn_direct_bits)
     ):
         error_code |= PFERR_PRIVATE_ACCESS
     fault = PageFault(state, gpa, error_code)

@@ -138,7 +138,11 @@ def _run_batch(
 @click.option("--user", is_flag=True, help="PFERR_USER_MASK.")
 @click.option("--present", is_flag=True, help="PFERR_PRESENT_MASK.")
 @click.option("--rsvd", is_flag=True, help="PFERR_RSVD_MASK (an MMIO SPTE / EPT misconfig).")
-@click.option("--private", is_flag=True, help="PFERR_PRIVATE_ACCESS (bit 49).")
+@click.option(
+    "--private",
+    is_flag=True,
+    help="PFERR_PRIVATE_ACCESS (bit 49; TDX and SW_PROTECTED VMs derive it themselves).",
+)
 @click.option("--error-code", type=NUMBER, default=0, help="Raw PFERR_* bits (ORed with flags).")
 @click.option("--explain", is_flag=True, help="Show each decision KVM took.")
 @click.option(

@@ -45,7 +45,10 @@ class ErrorCodeFlags(_message.Message):
     fetch: _builtins.bool
     """PFERR_FETCH_MASK (bit 4): an instruction fetch."""
     private: _builtins.bool
-    """PFERR_PRIVATE_ACCESS (bit 49): a private access (TDX private GPA, SNP encrypted access)."""
+    """PFERR_PRIVATE_ACCESS (bit 49): a private access (TDX private GPA, SNP encrypted access).
+    A TDX VM sets it itself for every GPA without the shared bit unless RSVD is set, as
+    its EPT-violation handler does; a SW_PROTECTED VM from the GFN's memory attribute.
+    """
     def __init__(
         self,
         *,

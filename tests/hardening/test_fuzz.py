@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from kvmmu.v1 import memslot_pb2, service_pb2_grpc, vm_pb2
@@ -56,6 +56,10 @@ def fuzz_settings(examples: int) -> settings:
         derandomize=DERANDOMIZE,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        # No explain phase: it traces every line (sys.settrace before Python 3.12), which
+        # made one shrink of a failure here outlast the test's timeout and hide it.
+        phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
+        print_blob=True,
     )
 
 

@@ -115,6 +115,21 @@ def test_td_private_memory_maps_4k_only() -> None:
     assert shared.outcome == Outcome.FIXED and shared.root == "direct" and shared.level == 2
 
 
+def test_td_fault_on_a_private_gpa_is_private_whatever_the_error_code_says() -> None:
+    # The TDX EPT-violation handler adds PFERR_PRIVATE_ACCESS for every GPA without
+    # the shared bit; a "shared" fault must not map a huge page in the mirror tree.
+    gmem = slot(
+        0, 0x40000, 0x400, flags=KVM_MEM_GUEST_MEMFD, backing_level=2, gmem_pfn_base=0x80000
+    )
+    td = vm_with("intel-tdx", VmType.TDX, gmem)
+    unconverted = td.fault(0x40000 << 12, WRITE)
+    assert unconverted.outcome == Outcome.EFAULT and unconverted.private
+    assert td.dump(root="mirror").values.tolist() == []
+    td.set_memory_attributes(0x40000, 0x40400, private=True)
+    res = td.fault(0x40000 << 12, WRITE)
+    assert (res.outcome, res.root, res.level, res.private) == (Outcome.FIXED, "mirror", 1, True)
+
+
 def test_deleting_a_slot_zaps_its_sptes() -> None:
     for vm_type, quirk, zap in (
         (VmType.DEFAULT, True, "fast_zap_all"),
