@@ -127,9 +127,14 @@ def _check_child(
         report.fail(name, f"table {parent}[{index}] points to a free table ({child})")
     elif int(pool.level[child]) != level - 1:
         report.fail(name, f"table {child} under level {level} has level {pool.level[child]}")
-    elif int(pool.gfn[child]) != int(pool.gfn[parent]) + index * span:
-        report.fail(name, f"table {child} has gfn {pool.gfn[child]:#x}, its parent entry maps "
-                    f"{int(pool.gfn[parent]) + index * span:#x}")  # fmt: skip
+    else:
+        # sp->gfn never holds the TDX shared bit, although the direct root's shared
+        # half is indexed by it (spec 8.1, 8.2).
+        shared_bit = state.gfn_direct_bits if tree == TREE_DIRECT else 0
+        mapped = (int(pool.gfn[parent]) + index * span) & ~shared_bit
+        if int(pool.gfn[child]) != mapped:
+            report.fail(name, f"table {child} has gfn {pool.gfn[child]:#x}, its parent entry "
+                        f"maps {mapped:#x}")  # fmt: skip
 
 
 def _check_backed(report: Report, name: str, state: VmState, gfn: int, tree: int) -> None:

@@ -45,8 +45,10 @@ DOCUMENTED = frozenset(
 )
 PER_EXAMPLE = 80
 SLOTS = ((0, 0, GiB), (1, 4 * GiB, GiB), (2, 8 * GiB, 64 << 20))
-# Reproducible in CI, fresh inputs on a developer's machine.
-DERANDOMIZE = os.environ.get("CI") == "true"
+# The same inputs on every run, so `make test` cannot pass or fail by luck (one
+# random run in a few dozen never reached 20 methods' success paths). Set
+# KVMMU_FUZZ_FRESH=1 to explore fresh inputs; a failure then prints its blob.
+DERANDOMIZE = os.environ.get("KVMMU_FUZZ_FRESH") != "1"
 
 
 def fuzz_settings(examples: int) -> settings:
@@ -165,7 +167,7 @@ def run_fuzz(
 def fuzzed_server() -> Iterator[object]:
     srv = start_server(
         "--host-set", "nx_huge_pages=true",
-        "--max-vms", "16",
+        "--max-vms", "8",
         "--max-memslots-per-vm", "16",
         "--log-level", "error",
     )  # fmt: skip
