@@ -206,7 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"kvmmu-server: listening on {host}:{port}", flush=True)
     stop.wait()
     server.stop(drain=args.shutdown_drain)
-    print("kvmmu-server: stopped", flush=True)
+    try:
+        print("kvmmu-server: stopped", flush=True)
+    except BrokenPipeError:  # whoever read our stdout has gone; the stop itself is done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 import click
 from rich.text import Text
 
+from client._transport import Stream
 from client.commands.app import App, pass_app
 from client.commands.output import message_dict
 from client.commands.params import VM
+from client.errors import Cancelled
 from client.events import Event, EventBatch
 
 
@@ -18,6 +25,24 @@ def ftrace_line(event: Event) -> str:
     timestamp is the sequence number in microseconds)."""
     stamp = event.sequence / 1e6
     return f"{'kvmmu':>16}-0     [000] .....  {stamp:12.6f}: {event.name}: {event.text}"
+
+
+@contextmanager
+def cancelled_by_ctrl_c(stream: Stream[EventBatch]) -> Iterator[threading.Event]:
+    """Ctrl-C cancels the stream instead of raising KeyboardInterrupt wherever the
+    main thread is, which may be inside gRPC's own locking; a helper thread does the
+    cancelling, so the handler never waits for a lock its own thread holds."""
+    interrupted = threading.Event()
+
+    def on_sigint(_signum: int, _frame: FrameType | None) -> None:
+        interrupted.set()
+        threading.Thread(target=stream.cancel, daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _print_batch(app: App, batch: EventBatch, fmt: str) -> None:
@@ -74,10 +99,15 @@ def events(
     if from_sequence is None and not follow:
         from_sequence = 1
     stream = app.client.watch_events(vm, from_sequence=from_sequence, follow=follow, names=names)
-    with stream:
-        for batch in stream:
-            _print_batch(app, batch, fmt)
-            app.out.flush()
+    with stream, cancelled_by_ctrl_c(stream) as interrupted:
+        try:
+            for batch in stream:
+                _print_batch(app, batch, fmt)
+                app.out.flush()
+        except Cancelled:
+            if not interrupted.is_set():
+                raise
+            raise KeyboardInterrupt from None  # the CLI's exit status 130
 
 
 COMMANDS = [events]

@@ -82,3 +82,11 @@ def test_sigint_with_an_open_follower_exits_zero_promptly():
     finally:
         channel.close()
         srv.stop()
+
+
+def test_a_reader_gone_from_stdout_does_not_spoil_the_stop():
+    srv = start_server("--state-dir", "none")
+    assert srv.proc.stdout is not None
+    srv.proc.stdout.close()  # e.g. `kvmmu-server | head -3`: the last line cannot be written
+    assert srv.stop() == 0
+    assert "Traceback" not in srv.log.read_text()
