@@ -368,4 +368,5 @@ def test_events_follow_streams_until_interrupted(kvmmu: Cli, vm: str) -> None:
         _, err = proc.communicate(timeout=20)
     finally:
         proc.kill()
+        proc.communicate()  # closes the pipes even when the test failed
     assert proc.returncode == 130 and err == ""
