@@ -124,6 +124,13 @@ def main() -> None:
         decode_spte(vm, value, 1)
     t_decode = time.perf_counter() - start
 
+    # Re-faults on mapped memory: every fault is spurious and takes the scalar path.
+    refault_n = 65_536
+    start = time.perf_counter()
+    refaults = vm.fault_batch(gpas[:refault_n], WRITE)
+    refault_rate = refault_n / (time.perf_counter() - start)
+    assert refaults.vectorised == 0
+
     # Single faults.
     single_n = 100_000
     single_rates = []
@@ -152,6 +159,7 @@ def main() -> None:
         "decoded_sptes_per_s": rate(sample, t_decode),
         "zap_all_seconds": statistics.median(zap_times),
         "bytes_per_page": bytes_per_page,
+        "spurious_batch_faults_per_s": refault_rate,
         "traced_batch_faults_per_s": traced_rate,
         "events_per_traced_fault": events_per_fault,
         "floor_scatter_per_s": rate(PAGES, t_scatter),
@@ -166,6 +174,7 @@ def main() -> None:
         f"floor (numpy scatter) {human(figures['floor_scatter_per_s'])}/s"
     )
     print(f"  single faults         {human(figures['single_faults_per_s'])}/s")
+    print(f"  batch re-faults       {human(refault_rate)}/s (spurious: mapped memory, scalar path)")
     print(
         f"  dump as arrays        {human(figures['dump_sptes_per_s'])} SPTEs/s; "
         f"floor (numpy copy) {human(figures['floor_copy_entries_per_s'])}/s"

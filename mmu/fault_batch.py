@@ -101,9 +101,10 @@ def run_batch(vm: Vm, gpas: U64Array, codes: U64Array) -> BatchResult:
         ensure_roots(state, ctx)
     pos, window = 0, 4096
     while pos < n:
+        scalar_end = pos + 1
         if vector_ok and state.direct_root is not None:
             end = min(n, pos + window)
-            done = _vector_run(state, gpas, codes, pos, end, out)
+            done, next_simple = _vector_run(state, gpas, codes, pos, end, out)
             vm.ops_applied += done - pos
             if done == end:
                 window = min(MAX_WINDOW, window * 2)
@@ -111,9 +112,15 @@ def run_batch(vm: Vm, gpas: U64Array, codes: U64Array) -> BatchResult:
                 continue
             window = max(MIN_WINDOW, window // 2)
             pos = done
-        # The run stopped at a fault it cannot take (or tracing is on): do it alone.
-        _scalar(vm, gpas, codes, pos, out)
-        pos += 1
+            # Faults the analysis found not simple are done alone without analysing
+            # the window again for each (a batch of re-faults on mapped memory).
+            scalar_end = max(pos + 1, next_simple)
+        elif not vector_ok:
+            scalar_end = n
+        # The run stopped at faults it cannot take (or tracing is on): do them alone.
+        for i in range(pos, scalar_end):
+            _scalar(vm, gpas, codes, i, out)
+        pos = scalar_end
     return BatchResult(out.outcomes, out.sptes, out.levels, out.gfns, out.vectorised)
 
 
@@ -193,8 +200,14 @@ def _first_conflict(gfn: U64Array, goal: I64Array, simple: BoolArray) -> int:
 
 def _vector_run(
     state: VmState, gpas: U64Array, codes: U64Array, pos: int, end: int, out: _Out
-) -> int:
-    """Apply the longest prefix of [pos, end) that is simple; return where it stopped."""
+) -> tuple[int, int]:
+    """Apply the longest prefix of [pos, end) that is simple.
+
+    Returns where it stopped and, if it stopped at once, where the next fault
+    that looked simple is (``end`` if none), so the caller can take the faults
+    in between one by one without analysing the window again for each; the
+    scalar path is right for any fault, so what those faults change is no risk.
+    """
     host = state.host
     gpa = gpas[pos:end]
     ec = codes[pos:end]
@@ -253,10 +266,11 @@ def _vector_run(
         k = int(nonsimple[0])
     k = min(k, _first_conflict(gfn, goal, simple))
     if k == 0:
-        return pos
+        later = np.flatnonzero(simple[1:])
+        return pos, pos + 1 + int(later[0]) if len(later) else end
     walk = _RepWalk(reps, inv, r_fresh, r_table)
     run = _Run(gfn[:k], goal[:k], maps[:k], noslot[:k], sidx[:k])
-    return pos + _apply(state, run, walk, slots, out, pos)
+    return pos + _apply(state, run, walk, slots, out, pos), end
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from mmu.constants import (
     PFERR_USER_MASK,
     PFERR_WRITE_MASK,
 )
+from mmu.fault import Outcome
 from mmu.fault_batch import OUTCOME_CODES
 from mmu.vm import Vm
 from mmu.vmtypes import VmType
@@ -123,4 +124,23 @@ def test_large_sorted_batch_is_vectorised_and_equal() -> None:
     for gpa in gpas.tolist():
         one.fault(gpa, PFERR_WRITE_MASK, events=False)
     assert got.vectorised > 0.99 * len(gpas)
+    assert state_of(many) == state_of(one)
+
+
+def test_refaults_between_fresh_runs_keep_the_fresh_runs_vectorised() -> None:
+    # Blocks of 1,000 already-mapped GFNs alternate with blocks of fresh ones: the
+    # re-faults are taken one by one, the fresh blocks still in vector runs.
+    layout = [(0x40000, 1 << 16, 0, 1)]
+    one, many = build("intel-ept", False, layout), build("intel-ept", False, layout)
+    gfns = np.arange(0x40000, 0x40000 + 16_000, dtype=np.uint64)
+    mapped = gfns[(gfns // np.uint64(1000)) % np.uint64(2) == 0]
+    for vm in (one, many):
+        vm.fault_batch(mapped << np.uint64(12), PFERR_WRITE_MASK)
+    gpas = gfns << np.uint64(12)
+    got = many.fault_batch(gpas, PFERR_WRITE_MASK)
+    for gpa in gpas.tolist():
+        one.fault(gpa, PFERR_WRITE_MASK, events=False)
+    spurious = got.outcomes == OUTCOME_CODES[Outcome.SPURIOUS]
+    assert int(spurious.sum()) == len(mapped)
+    assert got.vectorised >= len(gfns) - len(mapped) - 1_000
     assert state_of(many) == state_of(one)
