@@ -673,6 +673,27 @@ def kvm_tdp_page_fault(
     return tdp_mmu_map(state, ctx, fault, res)
 
 
+def _vendor_error_code(state: VmState, gpa: int, error_code: int) -> int:
+    """The error code as the exit handler and kvm_mmu_page_fault's first step make it.
+
+    RSVD faults (EPT misconfigurations, #NPF reserved-bit faults) keep what the
+    caller gave, so a private RSVD fault still reaches the WARN of 8.3 step 2.
+    """
+    if error_code & PFERR_RSVD_MASK:
+        return error_code
+    if state.is_tdx:
+        # The EPT-violation handler marks a GPA private exactly when it lacks the
+        # shared bit (8.3); the bit is synthetic, hardware never sets it. So a
+        # shared GPA is never private (a private PFN in the direct tree) and a
+        # private one never shared (a huge page in the mirror tree KVM would BUG on).
+        if (gpa >> 12) & state.gfn_direct_bits:
+            return error_code & ~PFERR_PRIVATE_ACCESS
+        return error_code | PFERR_PRIVATE_ACCESS
+    if state.is_sw_protected and state.attributes.is_private(gpa >> 12):
+        return error_code | PFERR_PRIVATE_ACCESS  # attributes decide (8.3 step 1)
+    return error_code
+
+
 def page_fault(state: VmState, ctx: OpContext, gpa: int, error_code: int) -> FaultResult:
     """kvm_mmu_page_fault(vcpu, gpa, error_code) as the vendor exit handler calls it."""
     if state.pool.live + 2 > state.pool.max_tables and (
@@ -680,15 +701,7 @@ def page_fault(state: VmState, ctx: OpContext, gpa: int, error_code: int) -> Fau
     ):
         return FaultResult(outcome=Outcome.ENOMEM, gfn=(gpa >> 12) & ~state.gfn_direct_bits)
     ensure_roots(state, ctx)
-    if not error_code & PFERR_RSVD_MASK and (
-        # SW_PROTECTED: KVM takes privateness from the GFN's attribute (8.3 step 1).
-        (state.is_sw_protected and state.attributes.is_private(gpa >> 12))
-        # TDX: the EPT-violation handler marks every GPA without the shared bit
-        # private (8.3, 8.12), so such a fault can never reach the mirror tree as
-        # shared (a shared fault there could map a huge page KVM would BUG on).
-        or (state.is_tdx and not (gpa >> 12) & state.gfn_direct_bits)
-    ):
-        error_code |= PFERR_PRIVATE_ACCESS
+    error_code = _vendor_error_code(state, gpa, error_code)
     fault = PageFault(state, gpa, error_code)
     res = FaultResult(outcome=Outcome.INVALID, gfn=fault.gfn, private=fault.is_private)
     if ctx.explain is not None:

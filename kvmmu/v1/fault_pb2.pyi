@@ -46,8 +46,9 @@ class ErrorCodeFlags(_message.Message):
     """PFERR_FETCH_MASK (bit 4): an instruction fetch."""
     private: _builtins.bool
     """PFERR_PRIVATE_ACCESS (bit 49): a private access (TDX private GPA, SNP encrypted access).
-    A TDX VM sets it itself for every GPA without the shared bit unless RSVD is set, as
-    its EPT-violation handler does; a SW_PROTECTED VM from the GFN's memory attribute.
+    Unless RSVD is set, a TDX VM ignores it and decides from the GPA as its EPT-violation
+    handler does (private iff the shared bit is clear); a SW_PROTECTED VM sets it from the
+    GFN's memory attribute.
     """
     def __init__(
         self,
@@ -191,7 +192,9 @@ class FaultResponse(_message.Message):
     gfn: _builtins.int
     """fault->gfn: gpa >> 12 with the TDX shared bit removed."""
     private: _builtins.bool
-    """PRIVATE_ACCESS after KVM's own adjustment (SW_PROTECTED: from the memory attributes)."""
+    """PRIVATE_ACCESS after KVM's own adjustment (TDX: from the GPA; SW_PROTECTED: from the
+    memory attributes).
+    """
     level: _builtins.int
     """Level of the SPTE touched (1 4K, 2 2M, 3 1G); unset when no SPTE was examined."""
     spte: _builtins.int

@@ -20,6 +20,7 @@ from mmu.decode import SpteKind, decode_spte
 from mmu.errors import Conflict, InvalidInput, Refused
 from mmu.fault import Outcome
 from mmu.mmio import get_mmio_spte_generation, is_mmio_spte
+from mmu.spte import spte_to_pfn
 from mmu.vm import Vm
 from mmu.vmtypes import VmType, VmView
 from tests.mmu.vmfactory import host, slot, vm_with
@@ -128,6 +129,22 @@ def test_td_fault_on_a_private_gpa_is_private_whatever_the_error_code_says() -> 
     td.set_memory_attributes(0x40000, 0x40400, private=True)
     res = td.fault(0x40000 << 12, WRITE)
     assert (res.outcome, res.root, res.level, res.private) == (Outcome.FIXED, "mirror", 1, True)
+
+
+def test_td_fault_on_a_shared_gpa_is_shared_whatever_the_error_code_says() -> None:
+    # PRIVATE_ACCESS is synthetic: for a TD only the GPA decides. A "private" code on
+    # a shared GPA must not map a guest_memfd PFN in the direct (shared) tree.
+    gmem = slot(0, 0x100, 0x100, flags=KVM_MEM_GUEST_MEMFD, gmem_pfn_base=0x9000)
+    td = vm_with("intel-tdx", VmType.TDX, gmem)
+    td.set_memory_attributes(0x100, 0x200, private=True)
+    shared_bit = td.state.gfn_direct_bits
+    res = td.fault(((0x105 | shared_bit) << 12), WRITE | PFERR_PRIVATE_ACCESS)
+    assert not res.private and res.outcome == Outcome.EFAULT  # attribute says private
+    assert td.dump(root="direct").values.tolist() == []
+    td.set_memory_attributes(0x100, 0x200, private=False)
+    res = td.fault(((0x105 | shared_bit) << 12), WRITE | PFERR_PRIVATE_ACCESS)
+    assert (res.outcome, res.root, res.private) == (Outcome.FIXED, "direct", False)
+    assert res.spte is not None and spte_to_pfn(td.state.host, res.spte) == 0x1000105
 
 
 def test_deleting_a_slot_zaps_its_sptes() -> None:
