@@ -27,7 +27,7 @@ def age_range(state: VmState, ctx: OpContext, start: int, end: int, test_only: b
     for slot_state in state.memslots.slots_overlapping(start, end):
         lo = max(start, slot_state.slot.base_gfn)
         hi = min(end, slot_state.slot.end_gfn)
-        it = TdpIter(state, TREE_DIRECT, root, PG_LEVEL_4K, lo, hi)
+        it = TdpIter(state, TREE_DIRECT, root, PG_LEVEL_4K, lo, hi, ctx.warnings)
         while it.valid and it.gfn < hi:
             spte, level = it.old_spte, it.level
             leaf = spte & SPTE_MMU_PRESENT_MASK and (

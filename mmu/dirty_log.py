@@ -35,7 +35,7 @@ def _present_leaf(spte: int, level: int) -> bool:
 def try_split_huge_pages(state: VmState, ctx: OpContext, start: int, end: int) -> None:
     """kvm_mmu_slot_try_split_huge_pages(slot, 4K): 1G -> 2M -> 4K, pre-order."""
     for tree, root in state.roots():
-        it = TdpIter(state, tree, root, PG_LEVEL_2M, start, end)
+        it = TdpIter(state, tree, root, PG_LEVEL_2M, start, end, ctx.warnings)
         while it.valid and it.gfn < end:
             spte = it.old_spte
             if spte & SPTE_MMU_PRESENT_MASK and spte & PT_PAGE_SIZE_MASK:
@@ -48,7 +48,7 @@ def clear_dirty_slot(state: VmState, ctx: OpContext, start: int, end: int) -> No
     """kvm_tdp_mmu_clear_dirty_slot: D (W without A/D) off every leaf of the slot."""
     dbit = PT_WRITABLE_MASK if not state.host.kvm_ad_enabled else state.host.shadow_dirty_mask
     for tree, root in state.roots():
-        it = TdpIter(state, tree, root, PG_LEVEL_4K, start, end)
+        it = TdpIter(state, tree, root, PG_LEVEL_4K, start, end, ctx.warnings)
         while it.valid and it.gfn < end:
             spte = it.old_spte
             if _present_leaf(spte, it.level) and spte & dbit:
@@ -90,7 +90,7 @@ def recover_huge_pages(state: VmState, ctx: OpContext, slot_state: SlotState) ->
     slot = slot_state.slot
     start, end = slot.base_gfn, slot.end_gfn
     for tree, root in state.roots():
-        it = TdpIter(state, tree, root, PG_LEVEL_4K, start, end)
+        it = TdpIter(state, tree, root, PG_LEVEL_4K, start, end, ctx.warnings)
         while it.valid and it.gfn < end:
             spte, level = it.old_spte, it.level
             if (
@@ -100,19 +100,21 @@ def recover_huge_pages(state: VmState, ctx: OpContext, slot_state: SlotState) ->
                 and start <= it.gfn < end
                 and recovery_max_level(state, slot_state, it.gfn, ctx) >= level
             ):
-                leaf = _first_leaf_below(state, tree, it)
+                leaf = _first_leaf_below(state, tree, it, ctx.warnings)
                 if leaf is not None:
                     huge = make_huge_spte(state.host, leaf, level, ctx.warnings)
                     set_spte(state, ctx, it, huge, shared=True)
             it.next()
 
 
-def _first_leaf_below(state: VmState, tree: int, parent: TdpIter) -> int | None:
+def _first_leaf_below(
+    state: VmState, tree: int, parent: TdpIter, warnings: list[str]
+) -> int | None:
     """tdp_mmu_make_huge_spte's search: the first present leaf under `parent` (pre-order)."""
     child = state.child_slot(parent.old_spte)
     start = parent.gfn
     end = start + (1 << (9 * (parent.level - 1)))
-    it = TdpIter(state, tree, child, PG_LEVEL_4K, start, end, root_level=parent.level - 1)
+    it = TdpIter(state, tree, child, PG_LEVEL_4K, start, end, warnings, root_level=parent.level - 1)
     while it.valid and it.gfn < end:
         if _present_leaf(it.old_spte, it.level):
             return it.old_spte
@@ -160,7 +162,7 @@ def clear_dirty_pt_masked(
     for tree, root in state.roots():
         remaining = mask
         end = base + 64
-        it = TdpIter(state, tree, root, PG_LEVEL_4K, base + first, end)
+        it = TdpIter(state, tree, root, PG_LEVEL_4K, base + first, end, ctx.warnings)
         while it.valid and it.gfn < end and remaining:
             spte, level = it.old_spte, it.level
             if _present_leaf(spte, level) and level == PG_LEVEL_4K:

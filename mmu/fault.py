@@ -201,7 +201,7 @@ def handle_mmio_page_fault(state: VmState, ctx: OpContext, gpa: int, res: FaultR
         return Outcome.EMULATE
     root = state.direct_root
     assert root is not None
-    it = GfnWalk(state, TREE_DIRECT, root, gfn)
+    it = GfnWalk(state, TREE_DIRECT, root, gfn, ctx.warnings)
     sptes: dict[int, int] = {}
     leaf = -1
     while it.valid:
@@ -301,7 +301,7 @@ def fast_page_fault(
     host = state.host
     root = state.direct_root
     assert root is not None
-    it = GfnWalk(state, TREE_DIRECT, root, fault.gfn)
+    it = GfnWalk(state, TREE_DIRECT, root, fault.gfn, ctx.warnings)
     while it.descend():
         pass
     slot, index, level, spte = it.slot, it.index, it.level, it.old_spte
@@ -507,7 +507,7 @@ def tdp_mmu_map(state: VmState, ctx: OpContext, fault: PageFault, res: FaultResu
     goal = fault.goal_level
     traced_pfn = fault.pfn | (fault.gfn & (KVM_PAGES_PER_HPAGE(goal) - 1))
     ctx.emit("kvm_mmu_spte_requested", fault.gfn, traced_pfn, goal, state.root_access)
-    it = GfnWalk(state, tree, root, fault.gfn)
+    it = GfnWalk(state, tree, root, fault.gfn, ctx.warnings)
     outcome = Outcome.RETRY
     frozen = state.host.layout.frozen_spte
     if ctx.explain is not None:

@@ -29,6 +29,11 @@ class Entry(Protocol):
 PAGES = (0, 1, 1 << 9, 1 << 18, 1 << 27, 1 << 36)
 
 
+# The WARN of tdp_iter_start when the walk starts at or above the root's gfn_bits
+# (a TDX shared bit already in the GFN). Not in the vector README's list of names.
+ITER_START_WARNING = "tdp_iter_start_beyond_gfn_bits"
+
+
 class TdpIter:
     __slots__ = (
         "as_id",
@@ -59,6 +64,7 @@ class TdpIter:
         min_level: int,
         start: int,
         end: int,
+        warnings: list[str],
         gfn_bits: int | None = None,
         root_level: int | None = None,
     ) -> None:
@@ -80,7 +86,8 @@ class TdpIter:
         self.index = 0
         self.old_spte = 0
         if self.gfn_bits and start >= self.gfn_bits:
-            self.valid = False  # the kernel WARNs and walks nothing
+            warnings.append(ITER_START_WARNING)  # and walks nothing (spec 8.2)
+            self.valid = False
             return
         self.next_last_level_gfn = start
         self.gfn = start & -PAGES[self.level]
@@ -163,7 +170,7 @@ class GfnWalk:
         "valid",
     )
 
-    def __init__(self, state: VmState, tree: int, root: int, gfn: int) -> None:
+    def __init__(self, state: VmState, tree: int, root: int, gfn: int, warnings: list[str]) -> None:
         pool = state.pool
         self.flat = pool.flat
         self.slot_of_serial = pool.slot_of_serial_view
@@ -173,6 +180,8 @@ class GfnWalk:
         self.level = state.root_level
         self.slot = root
         self.valid = not (self.gfn_bits and gfn >= self.gfn_bits)
+        if not self.valid:
+            warnings.append(ITER_START_WARNING)
         self.index = 0
         self.gfn = 0
         self.old_spte = 0

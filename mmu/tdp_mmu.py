@@ -172,7 +172,7 @@ def zap_leafs(state: VmState, ctx: OpContext, tree: int, start: int, end: int) -
     if root is None:
         return
     end = min(end, state.host.kvm_mmu_max_gfn + 1)
-    it = TdpIter(state, tree, root, PG_LEVEL_4K, start, end)
+    it = TdpIter(state, tree, root, PG_LEVEL_4K, start, end, ctx.warnings)
     while it.valid and it.gfn < end:
         if _is_leaf(it.old_spte, it.level):
             set_spte(state, ctx, it, SHADOW_NONPRESENT_VALUE, shared=False)
@@ -199,7 +199,7 @@ def unmap_gfn_range(
 
 def _zap_root_pass(state: VmState, ctx: OpContext, tree: int, root: int, zap_level: int) -> None:
     end = state.host.kvm_mmu_max_gfn + 1
-    it = TdpIter(state, tree, root, zap_level, 0, end, gfn_bits=0)
+    it = TdpIter(state, tree, root, zap_level, 0, end, ctx.warnings, gfn_bits=0)
     while it.valid and it.gfn < end:
         if it.old_spte & SPTE_MMU_PRESENT_MASK and it.level <= zap_level:
             set_spte(state, ctx, it, SHADOW_NONPRESENT_VALUE, shared=True)
@@ -262,7 +262,7 @@ def zap_all_fast(state: VmState, ctx: OpContext) -> None:
 def wrprot_gfn_range(state: VmState, ctx: OpContext, start: int, end: int, min_level: int) -> None:
     """kvm_tdp_mmu_wrprot_slot: clear W on writable leaves at min_level and above."""
     for tree, root in state.roots():
-        it = TdpIter(state, tree, root, min_level, start, end)
+        it = TdpIter(state, tree, root, min_level, start, end, ctx.warnings)
         while it.valid and it.gfn < end:
             spte = it.old_spte
             if _is_leaf(spte, it.level) and spte & PT_WRITABLE_MASK:

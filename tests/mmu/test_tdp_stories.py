@@ -147,6 +147,22 @@ def test_td_fault_on_a_shared_gpa_is_shared_whatever_the_error_code_says() -> No
     assert res.spte is not None and spte_to_pfn(td.state.host, res.spte) == 0x1000105
 
 
+def test_td_walks_starting_at_the_shared_bit_warn_and_visit_nothing() -> None:
+    # tdp_iter_start WARNs when the start GFN already holds the root's gfn_bits (8.2).
+    td = vm_with("intel-tdx", VmType.TDX, slot(0, 0x100, 0x100))
+    shared_bit = td.state.gfn_direct_bits
+    mapped = td.fault(((0x105 | shared_bit) << 12), WRITE)
+    assert mapped.outcome == Outcome.FIXED and mapped.warnings == []
+    mmio = td.fault(((0xFEE00 | shared_bit) << 12), PFERR_RSVD_MASK)
+    assert "tdp_iter_start_beyond_gfn_bits" in mmio.warnings
+    zap = td.zap_gfn_range(shared_bit | 0x100, shared_bit | 0x200)
+    assert zap.warnings == ("tdp_iter_start_beyond_gfn_bits",) and zap.spte_changes == 0
+    assert td.zap_gfn_range(0x100, 0x200).warnings == ()
+    # The stripped-GFN zap reached 0x105; the RSVD fault's MMIO SPTE (installed by the
+    # normal path, as the walk found "SPTE" 0 with a stale generation) lies outside.
+    assert td.dump(root="direct").gfns.tolist() == [0xFEE00]
+
+
 def test_deleting_a_slot_zaps_its_sptes() -> None:
     for vm_type, quirk, zap in (
         (VmType.DEFAULT, True, "fast_zap_all"),
