@@ -270,13 +270,26 @@ def test_unsupported_vm_type_is_refused_with_the_missing_requirement() -> None:
         Vm(host("intel-tdx", ad_bits=False), VmType.TDX)
 
 
-def test_failed_move_still_zaps_and_bumps_twice() -> None:
-    vm = vm_with("intel-ept", VmType.DEFAULT, slot(0, 0x100, 0x100))
+@pytest.mark.parametrize(
+    ("maxphyaddr", "new_base"),
+    [
+        (46, (1 << 34) - 0x80),  # the moved range ends past kvm_mmu_max_gfn
+        (52, (1 << 40) - 0x80),  # ... which on a 52-bit host is the end of the GPA space
+        (52, 1 << 50),  # far past it (a GPA of 62 bits): still KVM's arch check, not ours
+    ],
+)
+def test_failed_move_still_zaps_and_bumps_twice(maxphyaddr: int, new_base: int) -> None:
+    wide = {"maxphyaddr": maxphyaddr, "phys_bits": maxphyaddr, "cache_bits": maxphyaddr}
+    vm = Vm(host("intel-ept", **wide, max_tdp_level=5 if maxphyaddr > 48 else 4))
+    vm.create_memslot(slot(0, 0x100, 0x100))
     vm.fault(0x120000, WRITE)
     gen = vm.generation
-    result = vm.move_memslot(0, (1 << 34) - 0x80)  # the moved range ends past max gfn
+    result = vm.move_memslot(0, new_base)
     assert result.result == "EINVAL" and result.generation == gen + 4
     assert vm.stats()["pages_4k"] == 0 and vm.memslots()[0].base_gfn == 0x100
+    with pytest.raises(InvalidInput):  # past 2^64 bytes: KVM's generic check, nothing changes
+        vm.move_memslot(0, (1 << 52) - 0x80)
+    assert vm.generation == gen + 4
 
 
 def test_dirty_log_flag_refused_on_guest_memfd() -> None:
