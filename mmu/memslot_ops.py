@@ -87,12 +87,9 @@ def check_flags(state: VmState, flags: int) -> None:
     """check_memory_region_flags + kvm_arch_has_readonly_mem."""
     if flags & ~VALID_FLAGS:
         raise InvalidInput(f"unknown memslot flags {flags & ~VALID_FLAGS:#x}", field="flags")
+    # Any VM type may back a slot with guest_memfd (CONFIG_KVM_GUEST_MEMFD, spec 4.3);
+    # only VMs with private memory ever fault private pages from it.
     gmem = bool(flags & KVM_MEM_GUEST_MEMFD)
-    if gmem and not state.has_private_mem:
-        raise _einval(
-            f"{state.vm_type.kernel_name} has no private memory: KVM_MEM_GUEST_MEMFD is invalid",
-            "flags",
-        )
     if gmem and flags & KVM_MEM_LOG_DIRTY_PAGES:
         raise _einval("guest_memfd memslots cannot log dirty pages", "flags")
     if flags & KVM_MEM_READONLY and (gmem or state.vm_type.has_protected_state):

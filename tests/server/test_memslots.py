@@ -51,12 +51,31 @@ def test_set_memslot_refusals_change_nothing(stub):
     assert overlap.info.metadata["errno"] == "EEXIST"
     violation = overlap.detail(error_details_pb2.PreconditionFailure).violations[0]
     assert violation.subject == "memslot.guest_phys_addr"
-    gmem = fails(add_slot, stub, vm, slot=2, gpa=0x1000000, guest_memfd=True, gmem_pfn_base=0)
+    gmem = fails(
+        add_slot,
+        stub,
+        vm,
+        slot=2,
+        gpa=0x1000000,
+        guest_memfd=True,
+        gmem_pfn_base=0,
+        log_dirty_pages=True,
+    )
     assert gmem.code == Code.FAILED_PRECONDITION
     assert gmem.info.metadata["field"] == "memslot.guest_memfd"
     assert stub.GetVm(vm_pb2.GetVmRequest(name=vm)).memslots_generation == before
     listed = stub.ListMemslots(MS.ListMemslotsRequest(parent=vm)).memslots
     assert [s.slot for s in listed] == [0] and listed[0].memory_size == 0x100000
+
+
+def test_any_vm_type_may_back_a_memslot_with_guest_memfd(stub):
+    # CONFIG_KVM_GUEST_MEMFD: a default VM's guest_memfd slot maps its shared pages
+    # from the userspace mapping, like any slot (spec 4.3, 8.6).
+    vm = create_vm(stub)
+    added = add_slot(stub, vm, slot=0, gpa=0, size=0x200000, guest_memfd=True, gmem_pfn_base=0)
+    assert added.memslot.guest_memfd
+    fault = stub.Fault(fault_pb2.FaultRequest(name=vm, gpa=0x1000, error_code=0x2))
+    assert fault.outcome == common_pb2.FAULT_OUTCOME_FIXED and not fault.private
 
 
 @pytest.mark.parametrize(
