@@ -371,7 +371,9 @@ def faultin_pfn(state: VmState, ctx: OpContext, fault: PageFault, res: FaultResu
                     lambda: "private fault without a memslot: memory-fault exit",
                 )
             return memory_fault_exit(fault, res)
-        fill_mmio_cache(state, fault.gfn, state.root_access & host.shadow_mmio_access_mask)
+        # ACC_ALL, not the root's access (8.6 step 2; 12.12(3) covers only make_spte
+        # and spte_requested).
+        fill_mmio_cache(state, fault.gfn, host.layout.acc_all & host.shadow_mmio_access_mask)
         fault.pfn = KVM_PFN_NOSLOT
         fault.map_writable = False
         if not host.enable_mmio_caching:
@@ -576,7 +578,7 @@ def map_target_level(
         )
     wrprot = False
     if fault.slot is None:
-        new = make_mmio_spte(state, it.gfn, state.root_access, state.generation)
+        new = make_mmio_spte(state, it.gfn, host.layout.acc_all, state.generation)  # 8.7.1
         if ctx.explain is not None:
             ctx.step(
                 "make_mmio_spte",

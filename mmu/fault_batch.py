@@ -431,7 +431,7 @@ def _apply(state: VmState, run: _Run, walk: _RepWalk, slots: _Slots, out: _Out, 
     mmio_maps = maps & noslot
     if mmio_maps.any():
         values[mmio_maps] = make_mmio_spte_batch(
-            state, gfn[mmio_maps], state.root_access, state.generation
+            state, gfn[mmio_maps], host.layout.acc_all, state.generation
         )
     for level in (1, 2, 3):
         sel = slot_maps & (goal == level)
@@ -482,7 +482,7 @@ def _apply(state: VmState, run: _Run, walk: _RepWalk, slots: _Slots, out: _Out, 
     gen = state.generation
     if len(noslot_idx) and not gen & KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS:
         last = int(noslot_idx[-1])
-        access = state.root_access & host.shadow_mmio_access_mask
+        access = host.layout.acc_all & host.shadow_mmio_access_mask
         state.mmio_cache = MmioCache(int(gfn[last]), access, gen)
     return k
 

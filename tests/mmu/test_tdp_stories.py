@@ -163,6 +163,26 @@ def test_td_walks_starting_at_the_shared_bit_warn_and_visit_nothing() -> None:
     assert td.dump(root="direct").gfns.tolist() == [0xFEE00]
 
 
+def test_mbec_gmet_root_access_does_not_narrow_mmio_sptes() -> None:
+    # 12.12(3) makes the root's access (0xB with GMET) make_spte's pte_access; an MMIO
+    # SPTE and the vCPU MMIO cache still take ACC_ALL (8.6 step 2, 8.7.1).
+    for batch in (False, True):
+        vm = Vm(host("amd-npt", kernel_layout="mbec", npt_gmet=True))
+        vm.create_memslot(slot(0, 0x100, 0x10))
+        assert vm.state.root_access == 0xB
+        gpas = [0xFEE00000, 0x100000]
+        code = PFERR_USER_MASK | PFERR_WRITE_MASK
+        if batch:
+            got = vm.fault_batch(gpas, code)
+            mmio_spte = int(got.sptes[0])
+        else:
+            mmio_spte = vm.fault(gpas[0], code).spte or 0
+            vm.fault(gpas[1], code)
+        assert mmio_spte & 0xF == 0x7  # (ACC_ALL & shadow_mmio_access_mask) | present
+        cache = vm.state.mmio_cache
+        assert cache is not None and cache.access == 0x6  # (W|U) & ACC_ALL, not & 0xB
+
+
 def test_deleting_a_slot_zaps_its_sptes() -> None:
     for vm_type, quirk, zap in (
         (VmType.DEFAULT, True, "fast_zap_all"),
