@@ -28,7 +28,7 @@ from mmu.memslot_ops import MemslotResult
 from mmu.memslots import Memslot, Memslots
 from mmu.pool import DEFAULT_MAX_TABLES, TREE_DIRECT, TREE_MIRROR, TablePool
 from mmu.state import VmState
-from mmu.vmtypes import VmType, unsupported_reason
+from mmu.vmtypes import VmType, model_limit_reason, unsupported_reason
 
 ExistingSptes = Literal["refuse", "zap", "keep"]
 MAX_MEMSLOT_ID = 32767
@@ -90,8 +90,9 @@ class Vm:
         max_tables: int = DEFAULT_MAX_TABLES,
         event_history: int = DEFAULT_EVENT_HISTORY,
     ) -> None:
-        if not host.tdp_enabled:
-            raise Refused("the TDP MMU model needs an EPT or NPT host", field="host.mmu")
+        limit = model_limit_reason(host)
+        if limit is not None:
+            raise Refused(limit, field="host.mmu" if not host.tdp_enabled else "host.tdp_mmu")
         reason = unsupported_reason(host, vm_type)
         if reason is not None:
             raise Refused(reason, field="vm_type")

@@ -53,6 +53,19 @@ class VmType(IntEnum):
         raise ValueError(f"unknown VM type {text!r}")
 
 
+def model_limit_reason(host: Host) -> str | None:
+    """Why the model cannot run a VM on `host` although KVM could; None if it can.
+
+    Such a host makes KVM use the shadow MMU (shadow paging or legacy TDP), which
+    this model does not implement; refusing beats pretending it is the TDP MMU.
+    """
+    if not host.tdp_enabled:
+        return "the model implements only the TDP MMU, which needs an EPT or NPT host"
+    if not host.config.tdp_mmu:
+        return "the model implements only the TDP MMU; with tdp_mmu off KVM uses the shadow MMU"
+    return None
+
+
 def unsupported_reason(host: Host, vm_type: VmType) -> str | None:
     """None if the host offers `vm_type`, else the missing requirement."""
     cfg = host.config

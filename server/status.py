@@ -44,6 +44,7 @@ FIELD_PATHS: Final[dict[str, dict[str, str]]] = {
     "CreateVm": {
         "vm_type": "vm.vm_type",
         "host.mmu": "vm.vm_type",
+        "host.tdp_mmu": "vm.vm_type",
         "guest_maxphyaddr": "vm.guest_maxphyaddr",
         "mt_bits": "vm.mt_bits",
         "initial_generation": "vm.initial_generation",

@@ -8,7 +8,7 @@ from typing import Final
 from kvmmu.v1 import host_pb2, vm_pb2
 from mmu.host import Host, HostConfig, derive_host
 from mmu.profiles import Profile
-from mmu.vmtypes import VmType, unsupported_reason
+from mmu.vmtypes import VmType, model_limit_reason, unsupported_reason
 
 LAYOUTS: Final = {"v6": host_pb2.KERNEL_LAYOUT_V6, "mbec": host_pb2.KERNEL_LAYOUT_MBEC}
 VENDORS: Final = {"intel": host_pb2.CPU_VENDOR_INTEL, "amd": host_pb2.CPU_VENDOR_AMD}
@@ -53,9 +53,7 @@ def globals_to_proto(host: Host) -> host_pb2.HostGlobals:
 def vm_type_support(host: Host) -> list[host_pb2.VmTypeSupport]:
     out = []
     for vm_type in VmType:
-        reason = unsupported_reason(host, vm_type)
-        if not host.tdp_enabled:
-            reason = "the TDP MMU model needs an EPT or NPT host"
+        reason = model_limit_reason(host) or unsupported_reason(host, vm_type)
         out.append(
             host_pb2.VmTypeSupport(
                 vm_type=vm_type_to_proto(vm_type),

@@ -288,6 +288,9 @@ def test_unsupported_vm_type_is_refused_with_the_missing_requirement() -> None:
         Vm(host("intel-ept"), VmType.SNP)
     with pytest.raises(Refused, match="A/D bits"):
         Vm(host("intel-tdx", ad_bits=False), VmType.TDX)
+    with pytest.raises(Refused, match="shadow MMU") as refused:
+        Vm(host("intel-ept", tdp_mmu=False))  # KVM's legacy TDP: not modelled
+    assert refused.value.field == "host.tdp_mmu"
 
 
 @pytest.mark.parametrize(

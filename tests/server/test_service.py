@@ -392,3 +392,22 @@ def test_numpy_gpas_roundtrip(stub):
     gpas = np.arange(1, 5, dtype=np.uint64) << np.uint64(12)
     res = stub.BatchFault(fault_pb2.BatchFaultRequest(name=vm, gpas=gpas.tolist()))
     assert list(res.gfns) == [1, 2, 3, 4]
+
+
+def test_a_host_without_the_tdp_mmu_runs_no_vms_and_says_why():
+    # tdp_mmu off: KVM would use the shadow MMU, which the model does not implement.
+    srv = start_server("--host-set", "tdp_mmu=false", "--state-dir", "none")
+    try:
+        with srv.channel() as channel:
+            stub = service_pb2_grpc.MmuServiceStub(channel)
+            host = stub.GetHost(host_pb2.GetHostRequest())
+            assert not host.config.tdp_mmu
+            assert all(not t.supported and "shadow MMU" in t.unsupported_reason
+                       for t in host.vm_types)  # fmt: skip
+            refused = fails(create_vm, stub)
+            assert refused.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert refused.info.metadata["field"] == "vm.vm_type"
+            assert "shadow MMU" in refused.message
+            assert list(stub.ListVms(vm_pb2.ListVmsRequest()).vms) == []
+    finally:
+        assert srv.stop() == 0
