@@ -126,8 +126,10 @@ class KvmMmuPrepareZapPageEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KvmMmuZapAllFastEvent:
-    """kvm_mmu_zap_all_fast: every direct root was invalidated (no fields)."""
+    """kvm_mmu_zap_all_fast: every direct root was invalidated."""
 
+    mmu_valid_gen: int
+    used_pages: int
     proto: events_pb2.KvmMmuZapAllFastEvent = field(repr=False, compare=False)
 
 

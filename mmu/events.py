@@ -24,7 +24,7 @@ EVENT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "check_mmio_spte": ("spte", "kvm_gen", "spte_gen", "valid"),
     "handle_mmio_page_fault": ("addr", "gfn", "access"),
     "fast_page_fault": ("gpa", "error_code", "old_spte", "new_spte", "ret", "sptep"),
-    "kvm_mmu_zap_all_fast": (),
+    "kvm_mmu_zap_all_fast": ("mmu_valid_gen", "used_pages"),
 }
 
 # How many leading fields of each event the golden vectors record.

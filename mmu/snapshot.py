@@ -49,6 +49,7 @@ def snapshot_vm(vm: Vm) -> bytes:
             "ops_applied": vm.ops_applied,
             "shadow_mmio_value": state.shadow_mmio_value,
             "generation": state.memslots.generation,
+            "mmu_valid_gen": state.mmu_valid_gen,
         },
         "memslots": [
             {
@@ -125,6 +126,7 @@ def restore_vm(host: Host, data: bytes) -> Vm:
     vm.ops_applied = v["ops_applied"]
     state = vm.state
     state.shadow_mmio_value = v["shadow_mmio_value"]
+    state.mmu_valid_gen = v.get("mmu_valid_gen", 0)  # not in snapshots before it was modelled
     for i, entry in enumerate(meta["memslots"]):
         slot = Memslot(**entry["slot"])
         bitmap = np.array(npz[f"dirty{i}"], dtype=np.uint64) if entry["dirty"] else None

@@ -84,6 +84,8 @@ class VmState:
     direct_root: int | None = None
     mirror_root: int | None = None
     mmio_cache: MmioCache | None = None
+    # kvm->arch.mmu_valid_gen: toggled 0 <-> 1 by every fast zap.
+    mmu_valid_gen: int = 0
     stats: Stats = field(default_factory=Stats)
     root_level: int = 0
     nr_as_ids: int = 2

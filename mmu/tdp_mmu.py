@@ -254,8 +254,13 @@ def _zap_root_counted(state: VmState, ctx: OpContext, tree: int, root: int) -> N
 
 
 def zap_all_fast(state: VmState, ctx: OpContext) -> None:
-    """kvm_mmu_zap_all_fast: invalidate and zap the direct root; the mirror root survives."""
-    ctx.emit("kvm_mmu_zap_all_fast")
+    """kvm_mmu_zap_all_fast: invalidate and zap the direct root; the mirror root survives.
+
+    The tracepoint shows mmu_valid_gen before the toggle, and the shadow MMU's used
+    pages, which the TDP MMU never has (not in the spec: taken as 0).
+    """
+    ctx.emit("kvm_mmu_zap_all_fast", state.mmu_valid_gen, 0)
+    state.mmu_valid_gen ^= 1
     zap_root(state, ctx, TREE_DIRECT)
 
 

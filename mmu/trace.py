@@ -118,13 +118,17 @@ def kvm_mmu_split_huge_page(gfn: int, spte: int, level: int, errno: int) -> str:
     return f"gfn {gfn:x} spte {spte:x} level {level} errno {errno}"
 
 
-def page_role(host: Host, gfn: int, level: int, is_mirror: bool, access: int) -> str:
-    """A stable rendering of the role dump of kvm_mmu_get_page / prepare_zap_page."""
+def page_role(host: Host, gfn: int, level: int, access: int) -> str:
+    """The page dump of kvm_mmu_get_page / prepare_zap_page, in the kernel's layout.
+
+    TDP tables have 8-byte entries, quadrant 0, the direct role and EFER.NX set;
+    the fields the model does not track (sp->mmu_valid_gen, unused by the TDP
+    MMU, and the root count) print as 0; the role has no mirror flag in the text.
+    """
     strings = host.layout.role_access_strings
     acc = strings[access] if 0 <= access < len(strings) else f"{access:x}"
     ad = "" if host.kvm_ad_enabled else "!"
-    mirror = " mirror" if is_mirror else ""
-    return f"sp gfn {gfn:x} l{level} direct {acc} nxe {ad}ad{mirror}"
+    return f"sp gen 0 gfn {gfn:x} l{level} 8-byte q0 direct {acc} nxe {ad}ad root 0 sync"
 
 
 def format_event(host: Host, event: tuple[Any, ...]) -> str:
@@ -168,11 +172,12 @@ def format_event(host: Host, event: tuple[Any, ...]) -> str:
         gfn, spte, level, errno = (int(x) for x in f)
         return kvm_mmu_split_huge_page(gfn, spte, level, errno)
     if name in ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page"):
-        gfn, level, mirror, access = f
-        role = page_role(host, int(gfn), int(level), bool(mirror), int(access))
+        gfn, level, _mirror, access = f
+        role = page_role(host, int(gfn), int(level), int(access))
         return f"{role} new" if name == "kvm_mmu_get_page" else role
     if name == "kvm_mmu_zap_all_fast":
-        return ""
+        valid_gen, used_pages = (int(x) for x in f)
+        return f"kvm-mmu-valid-gen {valid_gen} used_pages {used_pages:x}"
     return " ".join(str(x) for x in f)
 
 

@@ -17,10 +17,12 @@ from client.commands.params import NUMBER, VM
 from client.commands.spte_columns import model_host
 from client.pictures.report import SlotInfo, VmReport, render_html
 from client.scenario.backend import Backend, StepFailed
+from client.scenario.diff import diff, json_records, text_rows
 from client.scenario.format import Scenario, ScenarioError, load
 from client.scenario.offline import OfflineBackend
 from client.scenario.runner import RunResult, run
 from client.scenario.server import ServerBackend
+from client.scenario.show import brief, jsonable
 from mmu.profiles import PROFILES, host_from_profile
 from mmu.state import STAT_NAMES
 from mmu.trace_decode import annotate
@@ -50,26 +52,6 @@ def execute(app: App, scenario: Scenario, offline: bool) -> RunResult:
         return run(scenario, backend)
     finally:
         backend.close()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0xFFFF:
-        return f"{value:#x}"
-    return value
-
-
-def _brief(values: dict[str, Any]) -> str:
-    shown = []
-    for key, value in values.items():
-        if key in ("fields", "sptes", "gpa", "error_code", "created"):
-            continue
-        big = isinstance(value, int) and not isinstance(value, bool) and value > 9
-        shown.append(f"{key}={value:#x}" if big else f"{key}={value}")
-    return " ".join(shown)
 
 
 @click.group(
@@ -109,12 +91,12 @@ def scenario_run(app: App, file: Path, offline: bool) -> None:
                 "ok": not step.failures,
                 "failures": step.failures,
                 "refused": step.values.get("message"),
-                "result": _jsonable(values),
+                "result": jsonable("", values),
             }
             out.write(json.dumps(record, sort_keys=True))
             continue
         mark = "FAIL" if step.failures else "ok  "
-        out.write(f"{mark} {step.step.label}: {_brief(step.values)}")
+        out.write(f"{mark} {step.step.label}: {brief(step.values)}")
         for failure in step.failures:
             out.write(f"       {failure}")
     failed = sum(1 for s in result.steps if s.failures)
@@ -133,7 +115,8 @@ def scenario_run(app: App, file: Path, offline: bool) -> None:
     epilog="\b\nExamples:\n  kvmmu scenario diff scenarios/vmx-vs-tdx-mmio.toml "
     "--vm-types default,tdx --offline\n"
     "\b\nRuns the same steps with every declared VM of each type and prints, side by\n"
-    "side, the outcome and SPTE of each step; lines marked * differ.",
+    "side, the outcome and SPTE of each step; lines marked * differ. Under a dump,\n"
+    "one line per SPTE (by GFN and level) whose value differs between the types.",
 )
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -147,53 +130,27 @@ def scenario_run(app: App, file: Path, offline: bool) -> None:
 def scenario_diff(app: App, file: Path, vm_types: str, offline: bool) -> None:
     """Run FILE once per VM type and show where outcomes and SPTEs differ."""
     base = _load(file)
-    types = [t.strip().lower() for t in vm_types.split(",") if t.strip()]
-    if len(types) < 2:
+    names = [t.strip() for t in vm_types.split(",") if t.strip()]
+    if len(names) < 2:
         raise click.BadParameter("give at least two types", param_hint="--vm-types")
-    runs = [execute(app, base.with_vm_type(t), offline) for t in types]
+    try:
+        variants = [base.with_vm_type(t) for t in names]
+    except ScenarioError as exc:
+        raise click.BadParameter(exc.message, param_hint="--vm-types") from None
+    types = [v.vms[0].type for v in variants]
+    runs = [execute(app, v, offline) for v in variants]
     for t, r in zip(types, runs, strict=True):
         if r.setup_error:
             app.out.note(f"{t}: not run: {r.setup_error}")
-    cells = {t: _cells(r) for t, r in zip(types, runs, strict=True)}
-    rows = []
-    for step in base.steps:
-        values = [cells[t].get(step.index, "-") for t in types]
-        marker = "*" if len(set(values)) > 1 else " "
-        rows.append([marker, str(step.index), f"{step.op} {step.vm}", *values])
+    rows = diff(base.steps, runs)
     if app.out.json_mode:
-        for row in rows:
-            app.out.write(
-                json.dumps(
-                    {
-                        "step": int(row[1]),
-                        "op": row[2],
-                        "differs": row[0] == "*",
-                        **dict(zip(types, row[3:], strict=True)),
-                    }
-                )
-            )
+        for record in json_records(rows, types):
+            app.out.write(json.dumps(record))
         return
     app.out.table(
-        [Col(""), Col("STEP", "right"), Col("OP"), *(Col(t.upper()) for t in types)], rows
+        [Col(""), Col("STEP", "right"), Col("OP"), *(Col(t.upper()) for t in types)],
+        text_rows(rows),
     )
-
-
-def _cells(result: RunResult) -> dict[int, str]:
-    out = {}
-    for step in result.steps:
-        v = step.values
-        if "message" in v:
-            out[step.step.index] = "refused"
-        elif "outcome" in v:
-            spte = v.get("spte")
-            out[step.step.index] = v["outcome"] + ("" if spte is None else f" {spte:#x}")
-        elif "count" in v:
-            out[step.step.index] = f"{v['count']} SPTEs"
-        elif "stats" in v:
-            out[step.step.index] = " ".join(f"{k}={n}" for k, n in v["stats"].items() if n)
-        else:
-            out[step.step.index] = _brief(v) or "ok"
-    return out
 
 
 @click.group(

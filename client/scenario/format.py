@@ -2,18 +2,33 @@
 
 A scenario names a host profile, declares VMs and lists steps; a step is
 one operation on one VM with optional expectations. See
-scenarios/README.md for the full reference. Errors name the step and the
-field, and a file that fails validation runs nothing.
+scenarios/README.md for the full reference. Every value is parsed and
+checked here (`client.scenario.values`), so a file that fails validation
+runs nothing; errors name the file, the step and the key.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
-from client.commands.params import parse_number
+from client.scenario.show import show
+from client.scenario.values import (
+    EXPECTATIONS,
+    PARAMS,
+    VM_TYPES,
+    ScenarioError,
+    choice,
+    flag,
+    number,
+)
+from mmu.errors import ModelError
+from mmu.host import HostConfig
+from mmu.profiles import host_config
+
+__all__ = ["Scenario", "ScenarioError", "Step", "VmSpec", "load", "number", "parse"]
 
 OPS: Final[dict[str, tuple[set[str], set[str]]]] = {
     # op: (required params, optional params) -- besides "op", "vm", "expect", "note"
@@ -49,32 +64,7 @@ EXPECT_KEYS: Final[dict[str, set[str]]] = {
     "dump": {"count", "sptes", "kinds"},
     "stats": {"stats"},
 }
-VM_TYPES: Final = ("default", "sw-protected", "sev", "sev-es", "snp", "tdx")
-ACCESSES: Final = ("read", "write", "exec")
-
-
-class ScenarioError(ValueError):
-    """A malformed scenario: `where` says which step or field."""
-
-    def __init__(self, where: str, message: str) -> None:
-        super().__init__(f"{where}: {message}")
-        self.where = where
-
-
-def number(value: Any, where: str) -> int:
-    """An int from an int or a string: decimal, 0x hex, or a size like 4K / 2M / 1G."""
-    if isinstance(value, bool):
-        raise ScenarioError(where, f"expected a number, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ScenarioError(where, "must not be negative")
-        return value
-    if isinstance(value, str):
-        try:
-            return parse_number(value, sizes=True)
-        except ValueError:
-            pass
-    raise ScenarioError(where, f"expected a number (decimal, 0x hex or 4K/2M/1G), got {value!r}")
+_vm_type = choice(VM_TYPES, "VM type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +77,22 @@ class VmSpec:
 
 @dataclass(frozen=True, slots=True)
 class Step:
+    """One operation: `params` as written (for labels), `args` and `expect` parsed."""
+
     index: int
     op: str
     vm: str
     params: dict[str, Any]
     expect: dict[str, Any]
     note: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
-        detail = " ".join(f"{k}={v}" for k, v in self.params.items())
+        detail = " ".join(
+            f"{k}={v}" if isinstance(v, str) else f"{k}={show(k, v)}"
+            for k, v in self.params.items()
+        )
         return f"step {self.index} ({self.op} {self.vm}{' ' + detail if detail else ''})"
 
 
@@ -112,11 +108,13 @@ class Scenario:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_vm_type(self, vm_type: str) -> Scenario:
-        """The same steps on VMs of another type (for `scenario diff`)."""
-        vms = tuple(VmSpec(v.id, vm_type, v.guest_maxphyaddr, v.tracing) for v in self.vms)
-        return Scenario(
-            self.name, self.description, self.profile, self.host_set, vms, self.steps, self.source
-        )
+        """The same steps on VMs of another type (for `scenario diff`).
+
+        Raises ScenarioError (where "vm_type") for a type that does not exist.
+        """
+        kind = _vm_type(vm_type, "vm_type")
+        vms = tuple(VmSpec(v.id, kind, v.guest_maxphyaddr, v.tracing) for v in self.vms)
+        return replace(self, vms=vms)
 
 
 def _vm(raw: Any, i: int) -> VmSpec:
@@ -129,16 +127,43 @@ def _vm(raw: Any, i: int) -> VmSpec:
     vm_id = raw.get("id")
     if not isinstance(vm_id, str) or not vm_id:
         raise ScenarioError(f"{where}.id", "a non-empty string is required")
-    vm_type = str(raw.get("type", "default")).lower().replace("_", "-")
-    if vm_type not in VM_TYPES:
-        raise ScenarioError(f"{where}.type", f"must be one of {', '.join(VM_TYPES)}")
     gma = raw.get("guest_maxphyaddr")
     return VmSpec(
         vm_id,
-        vm_type,
+        _vm_type(raw.get("type", "default"), f"{where}.type"),
         None if gma is None else number(gma, f"{where}.guest_maxphyaddr"),
-        bool(raw.get("tracing", False)),
+        flag(raw.get("tracing", False), f"{where}.tracing"),
     )
+
+
+def _args(op: str, params: dict[str, Any], where: str) -> dict[str, Any]:
+    """The parameters parsed; ScenarioError names the first bad one."""
+    required, optional = OPS[op]
+    missing = required - set(params)
+    if missing:
+        raise ScenarioError(where, f"{op} needs {sorted(missing)}")
+    unknown = set(params) - required - optional
+    if unknown:
+        raise ScenarioError(where, f"{op} does not take {sorted(unknown)}")
+    args = {k: PARAMS[k](v, f"{where}.{k}") for k, v in params.items()}
+    if op == "zap":
+        given = [k for k in ("gpa", "all", "slot") if k in args]
+        if len(given) != 1 or args.get("all") is False:
+            raise ScenarioError(where, "zap takes exactly one of gpa+size, all = true, slot")
+    if op in ("zap", "dump") and ("gpa" in args) != ("size" in args):
+        raise ScenarioError(where, f"{op} takes gpa and size together")
+    return args
+
+
+def _expect(op: str, raw: Any, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ScenarioError(where, "must be a table")
+    bad = set(raw) - EXPECT_KEYS[op] - {"error"}
+    if bad:
+        raise ScenarioError(
+            where, f"{op} cannot check {sorted(bad)} (it can check {sorted(EXPECT_KEYS[op])})"
+        )
+    return {k: EXPECTATIONS[k](v, f"{where}.{k}") for k, v in raw.items()}
 
 
 def _step(raw: Any, i: int, vm_ids: set[str], default_vm: str | None) -> Step:
@@ -147,7 +172,7 @@ def _step(raw: Any, i: int, vm_ids: set[str], default_vm: str | None) -> Step:
         raise ScenarioError(where, "must be a table")
     op = raw.get("op")
     if op not in OPS:
-        raise ScenarioError(f"{where}.op", f"must be one of {', '.join(OPS)}")
+        raise ScenarioError(f"{where}.op", f"must be one of {', '.join(OPS)}, got {op!r}")
     vm = raw.get("vm", default_vm)
     if op == "create_vm":
         if not isinstance(vm, str) or not vm or vm in vm_ids:
@@ -155,44 +180,61 @@ def _step(raw: Any, i: int, vm_ids: set[str], default_vm: str | None) -> Step:
         vm_ids.add(vm)
     elif vm not in vm_ids:
         raise ScenarioError(f"{where}.vm", f"names no declared VM (have {sorted(vm_ids)})")
-    required, optional = OPS[op]
     params = {k: v for k, v in raw.items() if k not in ("op", "vm", "expect", "note")}
-    missing = required - set(params)
-    if missing:
-        raise ScenarioError(where, f"{op} needs {sorted(missing)}")
-    unknown = set(params) - required - optional
-    if unknown:
-        raise ScenarioError(where, f"{op} does not take {sorted(unknown)}")
-    if op == "create_vm" and str(params["type"]).lower().replace("_", "-") not in VM_TYPES:
-        raise ScenarioError(f"{where}.type", f"must be one of {', '.join(VM_TYPES)}")
-    if op == "fault" and params.get("access", "read") not in ACCESSES:
-        raise ScenarioError(f"{where}.access", f"must be one of {', '.join(ACCESSES)}")
-    if op == "zap" and sum(k in params for k in ("gpa", "all", "slot")) != 1:
-        raise ScenarioError(where, "zap takes exactly one of gpa+size, all, slot")
-    expect = raw.get("expect", {})
-    if not isinstance(expect, dict):
-        raise ScenarioError(f"{where}.expect", "must be a table")
-    bad = set(expect) - EXPECT_KEYS[op] - {"error"}
-    if bad:
-        raise ScenarioError(f"{where}.expect", f"{op} cannot check {sorted(bad)}")
-    return Step(i, op, str(vm), params, expect, str(raw.get("note", "")))
+    args = _args(op, params, where)
+    expect = _expect(op, raw.get("expect", {}), f"{where}.expect")
+    return Step(i, op, str(vm), params, expect, str(raw.get("note", "")), args)
 
 
-def parse(text: str, source: str = "<string>") -> Scenario:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(source, f"not valid TOML: {exc}") from None
-    name = data.get("name")
-    if not isinstance(name, str) or not name:
-        raise ScenarioError("name", "a scenario needs a name")
+def _host(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     host = data.get("host", {})
     if not isinstance(host, dict):
         raise ScenarioError("host", "must be a table")
-    profile = str(host.get("profile", "intel-ept"))
+    unknown = set(host) - {"profile", "set"}
+    if unknown:
+        raise ScenarioError("host", f"unknown keys {sorted(unknown)} (it takes profile and set)")
+    profile = host.get("profile", "intel-ept")
     host_set = host.get("set", {})
     if not isinstance(host_set, dict):
         raise ScenarioError("host.set", "must be a table of host fields")
+    if not isinstance(profile, str):
+        raise ScenarioError("host.profile", f"expected a profile name, got {profile!r}")
+    defaults = HostConfig()
+    for name, value in host_set.items():
+        want = type(getattr(defaults, name, value))
+        if type(value) is not want:  # bool is an int: compare types exactly
+            kind = {bool: "true or false", int: "an integer", str: "a string"}.get(want, "")
+            raise ScenarioError(f"host.set.{name}", f"expected {kind}, got {value!r}")
+    try:
+        host_config(profile, **host_set)
+    except (ModelError, TypeError, ValueError) as exc:
+        name = getattr(exc, "field", None)
+        where = f"host.set.{name}" if name in host_set else "host"
+        raise ScenarioError(where, str(exc)) from None
+    return profile, dict(host_set)
+
+
+def parse(text: str, source: str = "<string>") -> Scenario:
+    """The scenario in `text`; ScenarioError (naming `source`) if anything is malformed."""
+    try:
+        return _parse(text, source)
+    except ScenarioError as exc:
+        exc.source = source
+        raise
+
+
+def _parse(text: str, source: str) -> Scenario:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError("", f"not valid TOML: {exc}") from None
+    unknown = set(data) - {"name", "description", "host", "vms", "steps"}
+    if unknown:
+        raise ScenarioError("", f"unknown top-level keys {sorted(unknown)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ScenarioError("name", "a scenario needs a name")
+    profile, host_set = _host(data)
     raw_vms = data.get("vms", [])
     if not isinstance(raw_vms, list) or not raw_vms:
         raise ScenarioError("vms", "declare at least one VM ([[vms]])")
@@ -206,13 +248,18 @@ def parse(text: str, source: str = "<string>") -> Scenario:
         raise ScenarioError("steps", "must be an array of tables ([[steps]])")
     known = set(ids)
     steps = tuple(_step(s, i, known, default_vm) for i, s in enumerate(raw_steps))
-    unknown = set(data) - {"name", "description", "host", "vms", "steps"}
-    if unknown:
-        raise ScenarioError(source, f"unknown top-level keys {sorted(unknown)}")
-    return Scenario(
-        name, str(data.get("description", "")), profile, dict(host_set), vms, steps, source
-    )
+    description = str(data.get("description", ""))
+    return Scenario(name, description, profile, host_set, vms, steps, source)
 
 
 def load(path: Path) -> Scenario:
-    return parse(path.read_text(), str(path))
+    """The scenario in the file at `path`; ScenarioError naming it if it cannot be one."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(
+            "", f"not a scenario: not UTF-8 text (byte {exc.start})", str(path)
+        ) from None
+    except OSError as exc:
+        raise ScenarioError("", f"cannot read: {exc.strerror or exc}", str(path)) from None
+    return parse(text, str(path))

@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client.scenario.backend import Backend, StepFailed
-from client.scenario.format import Scenario, Step, VmSpec, number
+from client.scenario.format import Scenario, Step, VmSpec
+from client.scenario.show import show
+from client.scenario.values import BACKING
 from mmu.access import vendor_fault
 from mmu.constants import KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
 from mmu.decode import decode_spte
 from mmu.memslots import Memslot
 from mmu.vmtypes import VmType, VmView
-
-BACKING = {"4K": 1, "2M": 2, "1G": 3}
 
 
 @dataclass(slots=True)
@@ -44,55 +44,49 @@ class RunResult:
 
 
 def _gfn_range(step: Step) -> tuple[int, int]:
-    gpa = number(step.params["gpa"], f"{step.label}.gpa")
-    size = number(step.params["size"], f"{step.label}.size")
+    gpa, size = step.args["gpa"], step.args["size"]
     return gpa >> 12, (gpa + size + 0xFFF) >> 12
 
 
 def _memslot(step: Step) -> Memslot:
-    p = step.params
-    gpa = number(p["gpa"], "gpa")
-    base_gfn, npages = gpa >> 12, number(p["size"], "size") >> 12
+    a = step.args
+    base_gfn, npages = a["gpa"] >> 12, a["size"] >> 12
     flags = (
-        (KVM_MEM_READONLY if p.get("readonly") else 0)
-        | (KVM_MEM_LOG_DIRTY_PAGES if p.get("dirty_log") else 0)
-        | (KVM_MEM_GUEST_MEMFD if p.get("guest_memfd") else 0)
+        (KVM_MEM_READONLY if a.get("readonly") else 0)
+        | (KVM_MEM_LOG_DIRTY_PAGES if a.get("dirty_log") else 0)
+        | (KVM_MEM_GUEST_MEMFD if a.get("guest_memfd") else 0)
     )
-    backing = BACKING.get(str(p.get("backing", "4K")).upper())
-    if backing is None:
-        raise StepFailed("backing must be 4K, 2M or 1G")
-    host_pfn = number(p["host_pfn"], "host_pfn") if "host_pfn" in p else 0x1000000 + base_gfn
-    gmem = p.get("gmem_pfn")
-    if gmem is None and p.get("guest_memfd"):
+    gmem = a.get("gmem_pfn")
+    if gmem is None and a.get("guest_memfd"):
         gmem = 0x2000000 + base_gfn
     return Memslot(
-        id=number(p["slot"], "slot"),
+        id=a["slot"],
         base_gfn=base_gfn,
         npages=npages,
         flags=flags,
         userspace_addr=0x7F0000000000 + (base_gfn << 12),
-        host_pfn_base=host_pfn,
-        backing_level=backing,
-        gmem_pfn_base=None if gmem is None else number(gmem, "gmem_pfn"),
+        host_pfn_base=a.get("host_pfn", 0x1000000 + base_gfn),
+        backing_level=BACKING[a.get("backing", "4K")],
+        gmem_pfn_base=gmem,
     )
 
 
 def _fault(backend: Backend, scenario: Scenario, step: Step) -> dict[str, Any]:
-    p = step.params
+    a = step.args
     vm_type = vm_type_of(scenario, step.vm)
-    gpa = number(p["gpa"], "gpa")
-    if "error_code" in p or p.get("raw"):
-        code = number(p.get("error_code", 0), "error_code")
+    gpa = a["gpa"]
+    if "error_code" in a or a.get("raw"):
+        code = a.get("error_code", 0)
     else:
         vf = vendor_fault(
             backend.host,
             vm_type,
             backend.guest_maxphyaddr(step.vm),
             gpa,
-            access=p.get("access", "read"),
-            present=bool(p.get("present", False)),
-            private=bool(p.get("private", False)),
-            rsvd=bool(p.get("rsvd", False)),
+            access=a.get("access", "read"),
+            present=a.get("present", False),
+            private=a.get("private", False),
+            rsvd=a.get("rsvd", False),
         )
         gpa, code = vf.gpa, vf.error_code
     values = backend.fault(step.vm, gpa, code)
@@ -111,7 +105,7 @@ def _fault(backend: Backend, scenario: Scenario, step: Step) -> dict[str, Any]:
 
 
 def _dump(backend: Backend, scenario: Scenario, step: Step) -> dict[str, Any]:
-    start, end = (0, None) if "gpa" not in step.params else _gfn_range(step)
+    start, end = (0, None) if "gpa" not in step.args else _gfn_range(step)
     rows = backend.dump(step.vm, start, end)
     vm_type = vm_type_of(scenario, step.vm)
     view = VmView(host=backend.host, shadow_mmio_value=backend.mmio_value(step.vm), vm_type=vm_type)
@@ -125,25 +119,19 @@ def _dump(backend: Backend, scenario: Scenario, step: Step) -> dict[str, Any]:
 
 
 def _zap(backend: Backend, step: Step) -> dict[str, Any]:
-    p = step.params
-    if p.get("all"):
+    a = step.args
+    if a.get("all"):
         return backend.zap(step.vm, start=0, end=0, all_=True, slot=None)
-    if "slot" in p:
-        return backend.zap(step.vm, start=0, end=0, all_=False, slot=number(p["slot"], "slot"))
+    if "slot" in a:
+        return backend.zap(step.vm, start=0, end=0, all_=False, slot=a["slot"])
     start, end = _gfn_range(step)
     return backend.zap(step.vm, start=start, end=end, all_=False, slot=None)
 
 
 def _create_vm(backend: Backend, scenario: Scenario, step: Step) -> dict[str, Any]:
-    p = step.params
-    gma = p.get("guest_maxphyaddr")
+    a = step.args
     backend.create_vm(
-        VmSpec(
-            step.vm,
-            str(p["type"]).lower().replace("_", "-"),
-            None if gma is None else number(gma, "guest_maxphyaddr"),
-            bool(p.get("tracing", False)),
-        )
+        VmSpec(step.vm, a["type"], a.get("guest_maxphyaddr"), a.get("tracing", False))
     )
     return {"created": True}
 
@@ -154,70 +142,66 @@ def vm_type_of(scenario: Scenario, vm: str) -> VmType:
             return VmType.parse(spec.type)
     for step in scenario.steps:
         if step.op == "create_vm" and step.vm == vm:
-            return VmType.parse(str(step.params["type"]))
+            return VmType.parse(step.args["type"])
     raise StepFailed(f"no VM {vm!r}")
 
 
 OPERATIONS: dict[str, Callable[[Backend, Scenario, Step], dict[str, Any]]] = {
     "create_vm": _create_vm,
     "memslot": lambda b, s, st: b.set_memslot(st.vm, _memslot(st)),
-    "delete_memslot": lambda b, s, st: b.delete_memslot(st.vm, number(st.params["slot"], "slot")),
-    "move_memslot": lambda b, s, st: b.move_memslot(
-        st.vm, number(st.params["slot"], "slot"), number(st.params["gpa"], "gpa") >> 12
-    ),
-    "dirty_logging": lambda b, s, st: b.dirty_logging(
-        st.vm, number(st.params["slot"], "slot"), bool(st.params["enable"])
-    ),
-    "get_dirty_log": lambda b, s, st: b.get_dirty_log(st.vm, number(st.params["slot"], "slot")),
-    "attributes": lambda b, s, st: b.attributes(st.vm, *_gfn_range(st), bool(st.params["private"])),
+    "delete_memslot": lambda b, s, st: b.delete_memslot(st.vm, st.args["slot"]),
+    "move_memslot": lambda b, s, st: b.move_memslot(st.vm, st.args["slot"], st.args["gpa"] >> 12),
+    "dirty_logging": lambda b, s, st: b.dirty_logging(st.vm, st.args["slot"], st.args["enable"]),
+    "get_dirty_log": lambda b, s, st: b.get_dirty_log(st.vm, st.args["slot"]),
+    "attributes": lambda b, s, st: b.attributes(st.vm, *_gfn_range(st), st.args["private"]),
     "set_mmio_value": lambda b, s, st: b.set_mmio_value(
-        st.vm, number(st.params["value"], "value"), bool(st.params.get("zap", False))
+        st.vm, st.args["value"], st.args.get("zap", False)
     ),
     "fault": _fault,
     "zap": lambda b, s, st: _zap(b, st),
-    "age": lambda b, s, st: b.age(st.vm, *_gfn_range(st), bool(st.params.get("test", False))),
+    "age": lambda b, s, st: b.age(st.vm, *_gfn_range(st), st.args.get("test", False)),
     "dump": _dump,
     "stats": lambda b, s, st: {"stats": b.stats(st.vm)},
 }
 
 
 def _matches(want: Any, got: Any) -> bool:
+    """`got` has what `want` says; tables need only the keys `want` names."""
     if isinstance(want, dict) and isinstance(got, dict):
         return all(k in got and _matches(v, got[k]) for k, v in want.items())
     if isinstance(want, list) and isinstance(got, list):
         return len(want) == len(got) and all(_matches(w, g) for w, g in zip(want, got, strict=True))
-    if isinstance(want, str) and isinstance(got, int) and not isinstance(got, bool):
-        try:
-            return number(want, "expect") == got
-        except ValueError:
-            return False
-    return bool(want == got)
+    return bool(want == got) and isinstance(want, bool) == isinstance(got, bool)
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 9:
-        return f"{value:#x}"
-    return repr(value)
+def _relevant(want: Any, got: Any) -> Any:
+    """What to print of `got`: for a table, only the keys `want` names."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        return {k: got[k] for k in want if k in got}
+    return got
 
 
 def check(step: Step, values: dict[str, Any]) -> list[str]:
+    """One line per expectation of `step` that `values` does not meet."""
     failures = []
     for key, want in step.expect.items():
         got = values.get(key)
         if key == "error":
-            if bool(want) != ("message" in values):
+            if want != ("message" in values):
                 failures.append(
                     f"expected {'an error' if want else 'success'}, got "
                     f"{values.get('message', 'success')}"
                 )
             continue
-        if key == "sptes" and isinstance(want, list) and isinstance(got, list):
+        if key == "sptes" and isinstance(got, list):
             missing = [w for w in want if not any(_matches(w, g) for g in got)]
             if missing:
-                failures.append(f"expected SPTE(s) {missing} in the dump")
+                failures.append(f"expected SPTE(s) {show(key, missing)} in the dump")
             continue
         if not _matches(want, got):
-            failures.append(f"expected {key} {_show(want)}, got {_show(got)}")
+            failures.append(
+                f"expected {key} {show(key, want)}, got {show(key, _relevant(want, got))}"
+            )
     return failures
 
 
@@ -232,7 +216,7 @@ def run(scenario: Scenario, backend: Backend) -> RunResult:
     for step in scenario.steps:
         try:
             values = OPERATIONS[step.op](backend, scenario, step)
-        except (StepFailed, ValueError) as exc:
+        except StepFailed as exc:
             values = {"message": str(exc)}
         failures = check(step, values)
         if "message" in values and "error" not in step.expect:

@@ -481,12 +481,21 @@ class KvmMmuZapAllFastEvent(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    MMU_VALID_GEN_FIELD_NUMBER: _builtins.int
+    USED_PAGES_FIELD_NUMBER: _builtins.int
+    mmu_valid_gen: _builtins.int
+    """kvm->arch.mmu_valid_gen when the zap began (each fast zap toggles it 0 <-> 1)."""
+    used_pages: _builtins.int
+    """Pages of the shadow MMU in use; always 0, as the model has only the TDP MMU."""
     def __init__(
         self,
+        *,
+        mmu_valid_gen: _builtins.int = ...,
+        used_pages: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mmu_valid_gen", b"mmu_valid_gen", "used_pages", b"used_pages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

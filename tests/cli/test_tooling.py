@@ -57,7 +57,12 @@ def test_scenario_diff_shows_where_vm_types_differ(offline: Cli) -> None:
     # MMIO: the VM's own MMIO value, 0x6 vs 0, and the generation bits.
     assert rows[2]["default"] == "RET_PF_EMULATE 0xfeb00016"
     assert rows[2]["tdx"] == "RET_PF_EMULATE 0xfeb00008"
-    assert rows[4]["differs"] is False  # both dumps hold two SPTEs
+    # Both dumps hold two SPTEs, but not the same two: the dump compares values.
+    assert rows[4]["default"] == rows[4]["tdx"] == "2 SPTEs" and rows[4]["differs"]
+    assert [(s["gfn"], s["default"], s["tdx"]) for s in rows[4]["sptes"]] == [
+        ("0x1", "0x8600001000001b77", "0x8600001000001b37"),
+        ("0xfeb00", "0xfeb00016", "0xfeb00008"),
+    ]
 
 
 def test_trace_decode_reads_stdin_and_annotates(offline: Cli) -> None:

@@ -61,10 +61,11 @@ def test_failed_expectation_reports_what_differed() -> None:
             'name = "x"\n[[vms]]\nid = "a"\n[[steps]]\nop = "stats"\nexpect = { outcome = 1 }',
             "steps[0].expect",
         ),
-        ("not toml [", "<string>"),
+        ("not toml [", ""),
     ],
 )
 def test_bad_files_name_the_field(text: str, where: str) -> None:
     with pytest.raises(ScenarioError) as err:
-        parse(text)
+        parse(text, "my.toml")
     assert err.value.where == where
+    assert str(err.value).startswith(f"my.toml: {where + ': ' if where else ''}")

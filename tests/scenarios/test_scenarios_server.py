@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import client
 from client.scenario.format import load
 from tests.server.conftest import ServerProcess, start_server
 
@@ -102,3 +103,28 @@ def test_server_with_another_host_is_refused(servers: dict[tuple[str, ...], Serv
     )
     assert proc.returncode == 1
     assert "needs host profile 'intel-tdx'" in proc.stderr
+
+
+def test_a_malformed_file_runs_nothing_on_the_server(
+    servers: dict[tuple[str, ...], ServerProcess], tmp_path: Path
+) -> None:
+    """Step 0 is fine, step 1 has a typo: refused at load (exit 2), no VM is created."""
+    path = REPO / "scenarios" / "vmx-vs-tdx-mmio.toml"
+    srv = servers[host_args(path)]
+    bad = tmp_path / "typo.toml"
+    bad.write_text(
+        path.read_text().replace('outcome = "RET_PF_EMULATE", level = 1', 'outcome = "EMULATED"', 1)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "client.cli", "--server", srv.address, "scenario", "run", str(bad)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert f"{bad}: steps[2].expect.outcome: unknown outcome 'EMULATED'" in proc.stderr
+    with client.connect(srv.address, timeout=10) as kvm:
+        assert list(kvm.list_vms()) == []
