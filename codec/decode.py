@@ -79,5 +79,11 @@ def decode_to_proto(
         msg.mmio.access = decoded.mmio_access or 0
         msg.mmio.generation = decoded.mmio_generation or 0
         if generation is not None:
-            msg.mmio.generation_valid = check_mmio_spte(host.layout, value, generation).valid
+            check = check_mmio_spte(host.layout, value, generation)
+            msg.mmio.generation_valid = check.valid
+            if not check.valid:
+                msg.verdict += (
+                    f"; stale: MMIO generation {check.spte_gen:#x}, the VM's is "
+                    f"{check.kvm_gen:#x} (the next fault on it replaces it)"
+                )
     return msg

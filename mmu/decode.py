@@ -549,7 +549,7 @@ def decode_spte(vm: MmioVm, value: int, level: int | None = None) -> SpteDecode:
                 f"not MMIO for this VM: (spte & {mask:#x}) = {value & mask:#x}, "
                 f"VM MMIO value {vm_value:#x}"
             )
-            if (value & mask) == 0 and host.enable_mmio_caching:
+            if (value & mask) == 0 and host.tdx_allowed and host.config.tdx_module:
                 reasons.append(
                     "(spte & mask) == 0: this would be an MMIO SPTE in a TDX VM, "
                     "whose MMIO value is 0"

@@ -93,7 +93,14 @@ def test_decode_spte_for_vm_and_for_profile(stub):
     decoded = stub.DecodeSpte(SP.DecodeSpteRequest(value=mmio.spte, vm=vm, level=1))
     assert decoded.kind == SP.SPTE_KIND_MMIO and decoded.is_mmio_for_vm
     assert decoded.mmio.gfn == 0x80000 and decoded.mmio.generation_valid
+    assert "stale" not in decoded.verdict
     assert sum(f.msb - f.lsb + 1 for f in decoded.fields) == 64
+    add_slot(stub, vm, slot=1, gpa=0x40000000, size=0x1000)  # a memslot change: generation +2
+    stale = stub.DecodeSpte(SP.DecodeSpteRequest(value=mmio.spte, vm=vm, level=1))
+    assert stale.is_mmio_for_vm and not stale.mmio.generation_valid
+    assert stale.verdict.endswith(
+        "; stale: MMIO generation 0x2, the VM's is 0x4 (the next fault on it replaces it)"
+    )
     leaf = stub.Fault(fault_pb2.FaultRequest(name=vm, gpa=0x1000, error_code=0x2))
     decoded = stub.DecodeSpte(SP.DecodeSpteRequest(value=leaf.spte, vm=vm, level=1))
     assert decoded.kind == SP.SPTE_KIND_LEAF and decoded.pfn == 1
