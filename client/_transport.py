@@ -54,20 +54,67 @@ class TlsConfig:
     server_name: str | None = None
 
     def credentials(self) -> grpc.ChannelCredentials:
-        """The grpc channel credentials; ValueError if only one of cert and key is given."""
+        """The grpc channel credentials; ValueError if only one of cert and key is given,
+        or if one of them is not PEM."""
         if (self.cert is None) != (self.key is None):
             raise ValueError("a client certificate needs its key, and a key its certificate")
         return grpc.ssl_channel_credentials(
-            root_certificates=_pem(self.ca),
-            private_key=_pem(self.key),
-            certificate_chain=_pem(self.cert),
+            root_certificates=_pem(self.ca, "CA"),
+            private_key=_pem(self.key, "key"),
+            certificate_chain=_pem(self.cert, "certificate"),
         )
 
 
-def _pem(source: Path | str | bytes | None) -> bytes | None:
-    if source is None or isinstance(source, bytes):
-        return source
-    return Path(source).read_bytes()
+def _pem(source: Path | str | bytes | None, what: str) -> bytes | None:
+    if source is None:
+        return None
+    data = source if isinstance(source, bytes) else read_pem(Path(source))
+    if PEM_MARKER not in data:
+        raise ValueError(f"the TLS {what} is not PEM: no '-----BEGIN' line")
+    return data
+
+
+PEM_MARKER: Final = b"-----BEGIN"
+
+
+def read_pem(path: Path) -> bytes:
+    """The bytes of the PEM file `path`; ValueError naming it unless it holds a PEM block.
+
+    gRPC only finds out inside its C core, which logs its own lines and then
+    fails the connection as if the server were unreachable.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if PEM_MARKER not in data:
+        raise ValueError(f"{path} is not a PEM file: it has no '-----BEGIN' line")
+    return data
+
+
+# Targets in gRPC's own URI syntax; passed through as they are.
+_SCHEMES: Final = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+
+
+def check_target(target: str) -> str:
+    """`target` if it is a HOST:PORT (or a gRPC URI such as unix:PATH); else ValueError.
+
+    gRPC does not refuse a bad HOST:PORT: it wraps a port beyond 65535 into
+    another one, and an empty host only shows up in its C core's log. So the
+    plain form is checked here, before any channel is made.
+    """
+    if target.startswith(_SCHEMES):
+        return target
+    host, colon, port = target.rpartition(":")
+    if not colon:
+        raise ValueError(f"expected HOST:PORT, got {target!r}")
+    if not host:
+        raise ValueError(f"{target!r} has no host (expected HOST:PORT)")
+    if ":" in host and not (host.startswith("[") and host.endswith("]") and len(host) > 2):
+        raise ValueError(f"{target!r}: an IPv6 address goes in brackets, as in [::1]:{port}")
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{target!r}: the port must be a number in 1..65535")
+    return target
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +136,11 @@ NO_RETRY: Final = RetryPolicy(attempts=1)
 
 
 def make_channel(target: str, tls: TlsConfig | bool | None) -> grpc.Channel:
-    """A channel to `target`; TLS when `tls` is a TlsConfig or True (system roots)."""
+    """A channel to `target`; TLS when `tls` is a TlsConfig or True (system roots).
+
+    ValueError if `target` is not HOST:PORT (see `check_target`) or a TLS file is not PEM.
+    """
+    check_target(target)
     options: list[tuple[str, int | str]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

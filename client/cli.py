@@ -20,7 +20,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import click
 
-from client._transport import DEFAULT_TARGET, DEFAULT_TIMEOUT, TlsConfig
+from client._transport import DEFAULT_TARGET, DEFAULT_TIMEOUT, TlsConfig, check_target, read_pem
 from client.commands import decode, events, faults, host, memory, misc, sptes, tooling, vms
 from client.commands.app import EXIT_USAGE, App, Settings, describe, exit_status
 from client.commands.output import Output
@@ -30,15 +30,15 @@ EPILOG = """\b
 Examples:
   kvmmu vm create --type tdx --id td1
   kvmmu memslot set td1 --slot 0 --gpa 0 --size 1G
-  kvmmu fault td1 0x8000000feb00000 --write
+  kvmmu fault td1 0x80000feb00000 --write     # shared bit 51: MMIO SPTE
   kvmmu sptes td1 --tree
   kvmmu decode 0x8000000000000006 --profile intel-ept
   kvmmu --json vm list | jq .
 
 \b
 Numbers are hex (0x...) or decimal; sizes and addresses also take 4K, 2M, 1G.
-Exit status: 0 ok, 1 the server refused the request, 2 bad usage,
-3 the server cannot be reached.
+Exit status: 0 ok, 1 the server refused the request (or an output file
+could not be written), 2 bad usage, 3 the server cannot be reached.
 Shell completion: eval "$(kvmmu completion bash)" (or zsh, fish).
 """
 
@@ -77,6 +77,26 @@ def _tls(ca: Path | None, cert: Path | None, key: Path | None) -> TlsConfig | No
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
+def _check_server(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--server must be HOST:PORT before any channel is made: gRPC itself wraps a
+    bad port silently and reports an empty host only in its C core's log."""
+    try:
+        return check_target(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def _check_pem(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """A TLS file must hold a PEM block; gRPC would only log its own error lines and
+    then fail the connection as if the server could not be reached."""
+    if value is not None:
+        try:
+            read_pem(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+    return value
+
+
 @click.group(
     cls=KvmmuGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
 )
@@ -86,6 +106,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     default=DEFAULT_TARGET,
     show_default=True,
     metavar="HOST:PORT",
+    callback=_check_server,
     help="Server address (env KVMMU_SERVER).",
 )
 @click.option("--json", "json_mode", is_flag=True, help="Print responses as proto JSON.")
@@ -96,9 +117,16 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     show_default=True,
     help="Deadline of each call in seconds.",
 )
-@click.option("--tls-ca", type=_FILE, help="PEM CA bundle: use TLS and trust this CA.")
-@click.option("--tls-cert", type=_FILE, help="PEM client certificate (mutual TLS).")
-@click.option("--tls-key", type=_FILE, help="PEM key of --tls-cert.")
+@click.option(
+    "--tls-ca",
+    type=_FILE,
+    callback=_check_pem,
+    help="PEM CA bundle: use TLS and trust this CA.",
+)
+@click.option(
+    "--tls-cert", type=_FILE, callback=_check_pem, help="PEM client certificate (mutual TLS)."
+)
+@click.option("--tls-key", type=_FILE, callback=_check_pem, help="PEM key of --tls-cert.")
 @click.option("--token", envvar="KVMMU_TOKEN", help="Bearer token (env KVMMU_TOKEN).")
 @click.option(
     "--color",
@@ -149,8 +177,8 @@ def main() -> int:
         path = exc.ctx.command_path if exc.ctx else "kvmmu"
         click.echo(f"{path}: {exc.format_message()} (see '{path} --help')", err=True)
         return EXIT_USAGE
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # e.g. an output file that cannot be written
+        click.echo(f"kvmmu: {exc.format_message()}", err=True)
         return exc.exit_code
     except click.Abort:
         return 130

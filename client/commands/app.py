@@ -45,6 +45,9 @@ FIELD_OPTIONS: Final = {
     "host.mmio_value": "--mmio-value",
 }
 
+# Proto field names the server's messages mention -> what a CLI user does instead.
+MESSAGE_OPTIONS: Final = {"(zap_existing)": "(pass --zap)"}
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -106,6 +109,8 @@ def describe(exc: KvmmuError, server: str, timeout: float | None) -> str:
     option = FIELD_OPTIONS.get(exc.field or "")
     if option:
         text += f" ({option})"
+    for proto_words, cli_words in MESSAGE_OPTIONS.items():
+        text = text.replace(proto_words, cli_words)
     return text
 
 

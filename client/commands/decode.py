@@ -11,7 +11,7 @@ from rich.text import Text
 from client.commands.app import App, pass_app
 from client.commands.offline_decode import decode_offline
 from client.commands.output import Col
-from client.commands.params import LEVEL, NUMBER, VM
+from client.commands.params import LEVEL, NUMBER, OUTPUT_FILE, VM, write_output
 from client.commands.views import hx, kind_text, level_name
 from client.enums import VmType
 from client.pictures.bitfield import bitfield_svg
@@ -87,7 +87,7 @@ def show_decoding(app: App, d: SpteDecoding) -> None:
 @click.option(
     "--svg",
     "svg_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE,
     help="Also draw the bit fields as an SVG diagram into this file.",
 )
 @pass_app
@@ -126,7 +126,7 @@ def decode(
     show_decoding(app, decoded)
     if svg_file is not None:
         # The diagram is drawn from the same decoding the text shows.
-        svg_file.write_text(bitfield_svg(decoded))
+        write_output(svg_file, bitfield_svg(decoded), "--svg")
         if not app.out.json_mode:
             app.out.note(f"wrote {svg_file}")
 

@@ -6,7 +6,7 @@ comment; blank lines are skipped. Lines without an error code use the one
 the command line's flags give.
 
     # GPA              error code
-    0x8000000feb00000  0x2
+    0x80000feb00000    0x2
     0x1000
     4G                 0x6
 """
@@ -21,7 +21,7 @@ from rich.text import Text
 from client.commands.app import App, pass_app
 from client.commands.output import Col
 from client.commands.params import ADDRESS, NUMBER, VM, parse_number
-from client.commands.views import hx, level_name, outcome_text, show
+from client.commands.views import hx, label_error_codes, level_name, outcome_text, show
 from client.enums import ErrorCode, FaultOutcome
 from client.results import BatchFaultResult, FaultResult
 
@@ -86,7 +86,7 @@ def _show_fault(app: App, result: FaultResult) -> None:
     if result.explanation:
         app.out.write("explanation:")
         for i, step in enumerate(result.explanation, 1):
-            app.out.write(f"  {i}. {step.function}: {step.text}")
+            app.out.write(f"  {i}. {step.function}: {label_error_codes(step.text)}")
 
 
 def _show_batch(app: App, gpas: list[int], result: BatchFaultResult, summary: bool) -> None:
@@ -96,7 +96,14 @@ def _show_batch(app: App, gpas: list[int], result: BatchFaultResult, summary: bo
     if summary:
         return
     rows: list[list[str | Text]] = [
-        [hx(gpa), hx(row.gfn), outcome_text(row.outcome), str(row.level or "-"), hx(row.spte)]
+        [
+            hx(gpa),
+            hx(row.gfn),
+            outcome_text(row.outcome),
+            str(row.level or "-"),
+            # Level 0 is BatchFault's "no SPTE" (its SPTE reads 0); `fault` shows "-" there.
+            hx(row.spte) if row.level else "-",
+        ]
         for gpa, row in zip(gpas, result.rows(), strict=True)
     ]
     cols = [Col("GPA"), Col("GFN"), Col("OUTCOME"), Col("LEVEL", "right"), Col("SPTE")]
@@ -123,7 +130,7 @@ def _run_batch(
 
 @click.command(
     "fault",
-    epilog="\b\nExamples:\n  kvmmu fault td1 0x8000000feb00000 --write\n"
+    epilog="\b\nExamples:\n  kvmmu fault td1 0x80000feb00000 --write   # TD shared bit 51: MMIO\n"
     "  kvmmu fault vm1 0x1000 --exec --explain\n"
     "  kvmmu fault vm1 0xfee00000 --rsvd --present     # MMIO SPTE hit (EPT misconfig)\n"
     "  kvmmu fault vm1 0x1000 --error-code 0x6\n"

@@ -29,7 +29,11 @@ def _show_outcome(app: App, outcome: MemslotChangeOutcome) -> None:
     app.out.fields(pairs(outcome), title="outcome")
 
 
-@click.group("memslot")
+@click.group(
+    "memslot",
+    epilog="\b\nExamples:\n  kvmmu memslot set td1 --slot 0 --gpa 0 --size 2G\n"
+    "  kvmmu memslot list td1\n  kvmmu memslot delete td1 --slot 0",
+)
 def memslot_group() -> None:
     """Add, move, change, list and delete memslots."""
 
@@ -145,10 +149,15 @@ def list_memslots(app: App, vm: str) -> None:
 @click.argument("vm", type=VM)
 @click.option("--start", type=ADDRESS, required=True, help="First GPA (4K aligned).")
 @click.option("--end", type=ADDRESS, required=True, help="GPA after the range (4K aligned).")
-@click.option("--private/--shared", required=True, help="Set or clear the PRIVATE attribute.")
+@click.option("--private", is_flag=True, help="Set the PRIVATE attribute.")
+@click.option("--shared", is_flag=True, help="Clear the PRIVATE attribute.")
 @pass_app
-def attributes(app: App, vm: str, start: int, end: int, private: bool) -> None:
+def attributes(app: App, vm: str, start: int, end: int, private: bool, shared: bool) -> None:
     """Set or clear KVM_MEMORY_ATTRIBUTE_PRIVATE on [start, end) (KVM_SET_MEMORY_ATTRIBUTES)."""
+    # Two flags, not a --private/--shared pair: click lets the last of a pair win,
+    # and a command line asking for both is a mistake to point out.
+    if private == shared:
+        raise click.UsageError("give exactly one of --private and --shared")
     if end <= start:
         raise click.BadParameter(f"must be above --start {start:#x}", param_hint="--end")
     result = app.client.set_memory_attributes(vm, start, end - start, private=private)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any, Final
 
 import click
@@ -84,6 +85,58 @@ class VmId(click.ParamType[str]):
 
 
 VM: Final = VmId()
+
+
+class OutputFile(click.ParamType[Path]):
+    """A file the command will write (--svg, --html), checked before anything runs.
+
+    A missing directory would otherwise fail only after the text was printed or
+    the server was asked. '-' is refused rather than taken as standard output,
+    which carries the command's own text (or JSON) already.
+    """
+
+    name = "file"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        """`value` as a Path, or a usage error saying why it cannot be written."""
+        text = os.fspath(value)
+        if text == "-":
+            self.fail("'-' (standard output) is not supported; give a file name", param, ctx)
+        if not text:
+            self.fail("the file name is empty", param, ctx)
+        path = Path(text)
+        if path.is_dir():
+            self.fail(f"{text} is a directory", param, ctx)
+        if path.exists():
+            if not os.access(path, os.W_OK):
+                self.fail(f"{text} is not writable", param, ctx)
+            return path
+        parent = path.parent
+        if not parent.is_dir():
+            problem = "is not a directory" if parent.exists() else "does not exist"
+            self.fail(f"cannot create {text}: {parent} {problem}", param, ctx)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            self.fail(f"cannot create {text}: directory {parent} is not writable", param, ctx)
+        return path
+
+
+OUTPUT_FILE: Final = OutputFile()
+
+
+def write_output(path: Path, text: str, option: str) -> int:
+    """Write `text` as UTF-8 to `path` and return its size in bytes.
+
+    The path was checked up front (`OutputFile`), so what fails here is real
+    I/O (disk full, ...): one line and exit status 1, as a refused request.
+    """
+    data = text.encode()
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write {path} ({option}): {exc.strerror or exc}"
+        ) from None
+    return len(data)
 
 
 def gpa_to_gfn_range(start: int, end: int, hint: str = "--end") -> tuple[int, int]:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 import numpy as np
 
 from client.commands.app import EXIT_REFUSED, App, pass_app
-from client.commands.output import Col
-from client.commands.params import NUMBER, VM
+from client.commands.output import Col, message_dict
+from client.commands.params import NUMBER, OUTPUT_FILE, VM, write_output
 from client.commands.spte_columns import model_host
 from client.pictures.report import SlotInfo, VmReport, render_html
 from client.scenario.backend import Backend, StepFailed
@@ -23,9 +24,11 @@ from client.scenario.offline import OfflineBackend
 from client.scenario.runner import RunResult, run
 from client.scenario.server import ServerBackend
 from client.scenario.show import brief, jsonable
+from codec.decode import decode_to_proto
+from mmu.decode import decode_spte
 from mmu.profiles import PROFILES, host_from_profile
 from mmu.state import STAT_NAMES
-from mmu.trace_decode import annotate
+from mmu.trace_decode import annotate, sptes_in
 from mmu.vm import Vm
 from mmu.vmtypes import VmType, VmView
 
@@ -155,7 +158,8 @@ def scenario_diff(app: App, file: Path, vm_types: str, offline: bool) -> None:
 
 @click.group(
     "trace",
-    epilog="\b\nExamples:\n  kvmmu trace decode trace.txt --profile intel-l1tf\n",
+    epilog="\b\nExamples:\n  kvmmu trace decode trace.txt --profile intel-l1tf\n"
+    "  trace-cmd report | kvmmu trace decode - --profile intel-tdx --vm-type tdx\n",
 )
 def trace() -> None:
     """Read kernel traces of the kvmmmu tracepoints."""
@@ -167,9 +171,11 @@ def trace() -> None:
     "  kvmmu trace decode trace.txt --profile intel-tdx --vm-type tdx\n"
     "\b\nEvery line passes through; each SPTE value of a kvmmmu event is followed by\n"
     "a '#kvmmu' line: kind, pfn or gfn, access, MMIO generation, and whether it is\n"
-    "an MMIO SPTE for the VM's MMIO value.",
+    "an MMIO SPTE for the VM's MMIO value. Lines that are not UTF-8 pass through\n"
+    "byte for byte. With --json: one object per SPTE found (line number, line,\n"
+    "field, and the DecodeSpteResponse as 'decoding').",
 )
-@click.argument("file", type=click.File("r"))
+@click.argument("file", type=click.File("rb"))
 @click.option(
     "--profile",
     type=click.Choice(sorted(PROFILES)),
@@ -186,14 +192,44 @@ def trace() -> None:
     help="The VM's type (tdx: MMIO value 0).",
 )
 @pass_app
-def trace_decode(app: App, file: Any, profile: str, mmio_value: int | None, vm_type: str) -> None:
+def trace_decode(
+    app: App, file: IO[bytes], profile: str, mmio_value: int | None, vm_type: str
+) -> None:
     """Annotate every SPTE in FILE's kvmmmu events ('-' reads standard input)."""
     host = host_from_profile(profile)
     view = VmView.for_type(host, VmType.parse(vm_type))
     if mmio_value is not None:
         view = VmView(host=host, shadow_mmio_value=mmio_value, vm_type=view.vm_type)
-    for line in annotate((line.rstrip("\n") for line in file), view):
-        app.out.write(line)
+    # A trace can hold bytes that are not UTF-8 (a task name, a damaged buffer):
+    # surrogateescape carries them through the decoder and back out unchanged, and
+    # newline="\n" splits at LF only, so CR bytes stay where they were.
+    text = io.TextIOWrapper(file, encoding="utf-8", errors="surrogateescape", newline="\n")
+    if app.out.json_mode:
+        for record in _trace_records((line.rstrip("\n") for line in text), view):
+            app.out.write(json.dumps(record, separators=(",", ":")))
+        return
+    sys.stdout.flush()
+    raw = sys.stdout.buffer
+    for line in text:  # the input as it was, plus the '#kvmmu' lines after SPTE lines
+        _, *notes = annotate([line], view)
+        raw.write(line.encode("utf-8", "surrogateescape"))
+        if notes:
+            ending = b"" if line.endswith("\n") else b"\n"
+            raw.write(ending + "".join(f"{n}\n" for n in notes).encode("utf-8", "surrogateescape"))
+    raw.flush()  # here, so a closed pipe is the command's BrokenPipeError, not one at exit
+
+
+def _trace_records(lines: Iterable[str], view: VmView) -> Iterator[dict[str, Any]]:
+    """One JSON object per SPTE of a kvmmmu event: where it is and its full decoding."""
+    for number, line in enumerate(lines, 1):
+        for found in sptes_in(line):
+            decoded = decode_spte(view, found.value, found.level)
+            yield {
+                "line": number,
+                "text": line.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                "field": found.label,
+                "decoding": message_dict(decode_to_proto(view.host, decoded, None)),
+            }
 
 
 def _report_from_model(vm: Vm, title: str, profile: str, notes: list[str]) -> VmReport:
@@ -298,13 +334,14 @@ def _report_from_server(app: App, vm: str) -> VmReport:
     "  kvmmu report --scenario scenarios/dirty-logging.toml --html dirty.html\n"
     "\b\nOne self-contained HTML file (inline CSS and SVG, no scripts): host and MMIO\n"
     "value, memslots on a guest-physical address map with the SPTEs over it,\n"
-    "statistics, and bit-field diagrams of representative SPTEs.",
+    "statistics, and bit-field diagrams of representative SPTEs. With --json it\n"
+    'prints {"path": FILE, "bytes": SIZE} instead of the \'wrote\' line.',
 )
 @click.argument("vm", type=VM, required=False)
 @click.option(
     "--html",
     "html_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE,
     required=True,
     help="Where to write the page.",
 )
@@ -337,9 +374,11 @@ def report(app: App, vm: str | None, html_file: Path, scenario_file: Path | None
         if vm is None:
             raise click.UsageError("give a VM (on the server) or --scenario FILE")
         page = render_html(_report_from_server(app, vm))
-    html_file.write_text(page)
-    if not app.out.json_mode:
-        app.out.write(f"wrote {html_file} ({len(page) // 1024} KiB)")
+    size = write_output(html_file, page, "--html")
+    if app.out.json_mode:
+        app.out.write(json.dumps({"path": str(html_file), "bytes": size}))
+    else:
+        app.out.write(f"wrote {html_file} ({size // 1024} KiB)")
 
 
 COMMANDS = [scenario, trace, report]

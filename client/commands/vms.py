@@ -32,9 +32,21 @@ def _show_vm(app: App, vm: Vm) -> None:
         app.out.fields(pairs(vm.stats, frozenset({"name"})), title="stats")
 
 
-@click.group("vm")
+@click.group(
+    "vm",
+    epilog="\b\nExamples:\n  kvmmu vm create --type tdx --id td1\n  kvmmu vm list\n"
+    "  kvmmu vm get td1 --stats\n  kvmmu vm delete td1",
+)
 def vm_group() -> None:
     """Create, list, inspect, change and delete VMs."""
+
+
+def _non_empty_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--id ""` is refused: the API reads an empty id as "pick one", which would
+    silently create a VM under a random id the user did not ask for."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty (leave --id out to let the server pick)")
+    return value
 
 
 @vm_group.command(
@@ -50,7 +62,12 @@ def vm_group() -> None:
     show_default=True,
     help="KVM VM type.",
 )
-@click.option("--id", "vm_id", default="", help="VM id ([a-z][a-z0-9-]*); default: server picks.")
+@click.option(
+    "--id",
+    "vm_id",
+    callback=_non_empty_id,
+    help="VM id ([a-z][a-z0-9-]*); default: the server picks one.",
+)
 @click.option("--name", "display_name", default="", help="Free-form display name.")
 @click.option(
     "--guest-maxphyaddr", type=click.IntRange(0, 52), default=0, help="Guest MAXPHYADDR (0: host)."
@@ -58,12 +75,17 @@ def vm_group() -> None:
 @click.option("--tracing", is_flag=True, help="Record events from the start.")
 @pass_app
 def create(
-    app: App, vm_type: str, vm_id: str, display_name: str, guest_maxphyaddr: int, tracing: bool
+    app: App,
+    vm_type: str,
+    vm_id: str | None,
+    display_name: str,
+    guest_maxphyaddr: int,
+    tracing: bool,
 ) -> None:
     """Create a VM (KVM_CREATE_VM) with the MMIO value its type gets."""
     vm = app.client.create_vm(
         VmType.from_label(vm_type),
-        vm_id=vm_id,
+        vm_id=vm_id or "",
         display_name=display_name,
         guest_maxphyaddr=guest_maxphyaddr,
         tracing_enabled=tracing,

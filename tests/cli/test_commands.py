@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tests.cli.conftest import REPO, Cli
 from tests.server.conftest import unique_id
@@ -370,3 +371,38 @@ def test_events_follow_streams_until_interrupted(kvmmu: Cli, vm: str) -> None:
         proc.kill()
         proc.communicate()  # closes the pipes even when the test failed
     assert proc.returncode == 130 and err == ""
+
+
+def test_fault_labels_every_error_code_bit_and_batch_shows_no_spte_as_dash(kvmmu: Cli) -> None:
+    vm = unique_id("ec")
+    kvmmu.ok("vm", "create", "--id", vm, "--type", "sw-protected")
+    kvmmu.ok("memslot", "set", vm, "--slot", "1", "--gpa", "1G", "--size", "2M")
+    out = lines(kvmmu.ok("fault", vm, "0x40000000", "--write", "--private", "--explain"))
+    assert out[0] == "outcome         EFAULT" and "spte            -" in out
+    assert any(
+        "error code 0x2000000000002 (W|PRIVATE): GFN 0x40000, private access" in line
+        for line in out
+    )
+    batch = lines(
+        kvmmu.ok("fault", vm, "--from-file", "-", stdin="0x40000000 0x2000000000002\n0x40001000\n")
+    )
+    assert batch == [
+        "GPA         GFN      OUTCOME  LEVEL  SPTE",
+        "0x40000000  0x40000  EFAULT       -  -",
+        "0x40001000  0x40001  FIXED        1  0x8600000000001b77",
+        "2 faults: FIXED 1, EFAULT 1",
+    ]
+
+
+def test_set_mmio_value_refusal_names_the_cli_option(kvmmu: Cli, vm: str) -> None:
+    kvmmu.ok("fault", vm, "0x1000")
+    refused = kvmmu.fails(1, "vm", "set-mmio-value", vm, "0x3")
+    assert "(pass --zap)" in refused and "zap_existing" not in refused
+
+
+def test_report_of_a_server_vm_in_json(kvmmu: Cli, vm: str, tmp_path: Path) -> None:
+    kvmmu.ok("fault", vm, "0x1000")
+    page = tmp_path / "vm.html"
+    data = json.loads(kvmmu.ok("--json", "report", vm, "--html", str(page)))
+    assert data == {"path": str(page), "bytes": page.stat().st_size}
+    assert page.read_text().startswith("<!DOCTYPE html>")
