@@ -86,6 +86,35 @@ PFERR_GUEST_VMPL_MASK: Final = BIT(36)
 PFERR_IMPLICIT_ACCESS: Final = BIT(48)
 PFERR_PRIVATE_ACCESS: Final = BIT(49)
 
+# A name for every PFERR_* bit: the kvmmmu tracepoints' letters (mmutrace.h) for the
+# bits they print, KVM's constant names for the rest (the tracepoints omit them).
+ERROR_CODE_LABELS: Final = (
+    (PFERR_PRESENT_MASK, "P"),
+    (PFERR_WRITE_MASK, "W"),
+    (PFERR_USER_MASK, "U"),
+    (PFERR_PK_MASK, "PK"),
+    (PFERR_SS_MASK, "SS"),
+    (PFERR_SGX_MASK, "SGX"),
+    (PFERR_RSVD_MASK, "RSVD"),
+    (PFERR_FETCH_MASK, "F"),
+    (PFERR_GUEST_RMP_MASK, "GUEST_RMP"),
+    (PFERR_GUEST_FINAL_MASK, "GUEST_FINAL"),
+    (PFERR_GUEST_PAGE_MASK, "GUEST_PAGE"),
+    (PFERR_GUEST_ENC_MASK, "GUEST_ENC"),
+    (PFERR_GUEST_SIZEM_MASK, "GUEST_SIZEM"),
+    (PFERR_GUEST_VMPL_MASK, "GUEST_VMPL"),
+    (PFERR_IMPLICIT_ACCESS, "IMPLICIT"),
+    (PFERR_PRIVATE_ACCESS, "PRIVATE"),
+)
+
+
+def error_code_label(code: int) -> str:
+    """ "W|PRIVATE" for 0x2000000000002: every bit named, unknown ones as hex, "-" if none."""
+    names = [name for bit, name in ERROR_CODE_LABELS if code & bit]
+    rest = code & ~sum(bit for bit, _ in ERROR_CODE_LABELS)
+    return "|".join(names + ([f"{rest:#x}"] if rest else [])) or "-"
+
+
 # Page-fault return codes (mmu_internal.h).
 RET_PF_CONTINUE: Final = 0
 RET_PF_RETRY: Final = 1

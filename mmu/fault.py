@@ -32,6 +32,7 @@ from mmu.constants import (
     RET_PF_RETRY,
     SHADOW_NONPRESENT_VALUE,
     SPTE_MMU_PRESENT_MASK,
+    error_code_label,
 )
 from mmu.events import Event, ExplainStep, OpContext
 from mmu.memslots import SlotState
@@ -63,7 +64,6 @@ from mmu.tdp_mmu import (
     split_huge_page,
     track_possible_nx_huge_page,
 )
-from mmu.trace import error_code_flags
 
 
 class Outcome(StrEnum):
@@ -710,7 +710,7 @@ def page_fault(state: VmState, ctx: OpContext, gpa: int, error_code: int) -> Fau
         ctx.step(
             "kvm_mmu_page_fault",
             lambda: (
-                f"GPA {gpa:#x} error code {error_code:#x} ({error_code_flags(error_code) or '-'}):"
+                f"GPA {gpa:#x} error code {error_code:#x} ({error_code_label(error_code)}):"
                 f" GFN {fault.gfn:#x}"
                 + (" (TDX shared bit stripped)" if (gpa >> 12) != fault.gfn else "")
                 + (", private access" if fault.is_private else ", shared access")

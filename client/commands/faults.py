@@ -21,7 +21,7 @@ from rich.text import Text
 from client.commands.app import App, pass_app
 from client.commands.output import Col
 from client.commands.params import ADDRESS, NUMBER, VM, parse_number
-from client.commands.views import hx, label_error_codes, level_name, outcome_text, show
+from client.commands.views import hx, level_name, outcome_text, show
 from client.enums import ErrorCode, FaultOutcome
 from client.results import BatchFaultResult, FaultResult
 
@@ -86,7 +86,7 @@ def _show_fault(app: App, result: FaultResult) -> None:
     if result.explanation:
         app.out.write("explanation:")
         for i, step in enumerate(result.explanation, 1):
-            app.out.write(f"  {i}. {step.function}: {label_error_codes(step.text)}")
+            app.out.write(f"  {i}. {step.function}: {step.text}")
 
 
 def _show_batch(app: App, gpas: list[int], result: BatchFaultResult, summary: bool) -> None:

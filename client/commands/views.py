@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import fields
 from datetime import datetime
 from typing import Any, Final
@@ -11,7 +10,6 @@ from rich.text import Text
 
 from client.enums import FaultOutcome, ProtoEnum, SpteKind
 from client.types import Memslot, Vm
-from mmu import constants as c
 
 HEX_NAMES: Final = frozenset(
     {
@@ -51,46 +49,6 @@ OUTCOME_STYLES: Final = {
     FaultOutcome.RETRY: "yellow",
     FaultOutcome.INVALID: "yellow",
 }
-
-
-# Every PFERR_* bit of mmu.constants: the kvmmmu tracepoints' letters (mmutrace.h) for
-# the bits they name, KVM's constant names for the others (the tracepoints omit them).
-PFERR_LABELS: Final = (
-    (c.PFERR_PRESENT_MASK, "P"),
-    (c.PFERR_WRITE_MASK, "W"),
-    (c.PFERR_USER_MASK, "U"),
-    (c.PFERR_PK_MASK, "PK"),
-    (c.PFERR_SS_MASK, "SS"),
-    (c.PFERR_SGX_MASK, "SGX"),
-    (c.PFERR_RSVD_MASK, "RSVD"),
-    (c.PFERR_FETCH_MASK, "F"),
-    (c.PFERR_GUEST_RMP_MASK, "GUEST_RMP"),
-    (c.PFERR_GUEST_FINAL_MASK, "GUEST_FINAL"),
-    (c.PFERR_GUEST_PAGE_MASK, "GUEST_PAGE"),
-    (c.PFERR_GUEST_ENC_MASK, "GUEST_ENC"),
-    (c.PFERR_GUEST_SIZEM_MASK, "GUEST_SIZEM"),
-    (c.PFERR_GUEST_VMPL_MASK, "GUEST_VMPL"),
-    (c.PFERR_IMPLICIT_ACCESS, "IMPLICIT"),
-    (c.PFERR_PRIVATE_ACCESS, "PRIVATE"),
-)
-_ERROR_CODE: Final = re.compile(r"error code (0x[0-9a-fA-F]+) \([^)]*\)")
-
-
-def pferr_label(code: int) -> str:
-    """ "W|PRIVATE" for 0x2000000000002: every bit named, unknown ones as hex, "-" if none."""
-    names = [name for bit, name in PFERR_LABELS if code & bit]
-    rest = code & ~sum(bit for bit, _ in PFERR_LABELS)
-    return "|".join(names + ([f"{rest:#x}"] if rest else [])) or "-"
-
-
-def label_error_codes(text: str) -> str:
-    """`text` with each "error code 0x.. (FLAGS)" labelled by `pferr_label`.
-
-    The model labels error codes in explanations with the tracepoints' table,
-    which has no name for PRIVATE and the other high bits, so "0x2000000000002"
-    read "(W)"; the CLI labels every bit the model knows.
-    """
-    return _ERROR_CODE.sub(lambda m: f"error code {m[1]} ({pferr_label(int(m[1], 16))})", text)
 
 
 def hx(value: int | None) -> str:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from client.commands.views import PFERR_LABELS, label_error_codes, pferr_label
 from mmu import constants
 from tests.cli.conftest import REPO, Cli
 
@@ -196,9 +195,7 @@ def test_attributes_takes_exactly_one_of_private_and_shared(offline: Cli, flags:
 
 def test_every_pferr_bit_of_the_model_has_a_label() -> None:
     known = {v for k, v in vars(constants).items() if k.startswith("PFERR_")}
-    assert {bit for bit, _ in PFERR_LABELS} == known
-    assert pferr_label(0x2000000000002) == "W|PRIVATE"
-    assert pferr_label(0) == "-"
-    assert pferr_label(1 << 60 | 1) == "P|0x1000000000000000"
-    text = "GPA 0x1000 error code 0x2000000000002 (W): GFN 0x1"
-    assert label_error_codes(text) == "GPA 0x1000 error code 0x2000000000002 (W|PRIVATE): GFN 0x1"
+    assert {bit for bit, _ in constants.ERROR_CODE_LABELS} == known
+    assert constants.error_code_label(0x2000000000002) == "W|PRIVATE"
+    assert constants.error_code_label(0) == "-"
+    assert constants.error_code_label(1 << 60 | 1) == "P|0x1000000000000000"
