@@ -57,20 +57,48 @@ def _label(view: VmView, entry: SpteEntry) -> Text:
     return text
 
 
-def build_tree(view: VmView, entries: list[SpteEntry], root_level: int) -> Tree:
-    """The tables as a tree: each entry under the non-leaf entry that points to its table."""
+TREE_LEAVES_PER_TABLE = 8
+
+
+def build_tree(
+    view: VmView,
+    entries: list[SpteEntry],
+    root_level: int,
+    leaves_per_table: int = TREE_LEAVES_PER_TABLE,
+) -> Tree:
+    """The tables as a tree: each entry under the non-leaf entry that points to its table.
+
+    Every non-leaf entry is drawn; of the other entries only the first
+    `leaves_per_table` of each table, then a count, so that a VM with millions
+    of SPTEs still draws its structure in moments (the table view lists them all).
+    """
     top = Tree(Text("page tables", style="bold"))
     roots: dict[TdpRoot, Tree] = {}
     parents: dict[tuple[TdpRoot, int, int], Tree] = {}
+    shown: dict[int, int] = {}  # id(node) -> leaves drawn under it
+    hidden: dict[int, tuple[Tree, int]] = {}
+
+    def parent_key(entry: SpteEntry) -> tuple[TdpRoot, int, int]:
+        span = 1 << (9 * entry.level)  # GFNs mapped by one entry one level up
+        return entry.root, entry.level + 1, entry.gfn & ~(span - 1)
+
+    tables = {parent_key(e) for e in entries}  # entries that point to a drawn table
     for entry in sorted(entries, key=lambda e: (e.root, e.gfn, -e.level)):
         if entry.root not in roots:
             roots[entry.root] = top.add(
                 Text(f"{entry.root.label} root (level {root_level} table)", style="bold")
             )
-        span = 1 << (9 * entry.level)  # GFNs mapped by one entry one level up
-        parent = parents.get((entry.root, entry.level + 1, entry.gfn & ~(span - 1)))
-        node = (parent or roots[entry.root]).add(_label(view, entry))
+        under = parents.get(parent_key(entry)) or roots[entry.root]
+        if (entry.root, entry.level, entry.gfn) not in tables:
+            drawn = shown.get(id(under), 0)
+            if drawn >= leaves_per_table:
+                hidden[id(under)] = (under, hidden.get(id(under), (under, 0))[1] + 1)
+                continue
+            shown[id(under)] = drawn + 1
+        node = under.add(_label(view, entry))
         parents[(entry.root, entry.level, entry.gfn)] = node
+    for under, count in hidden.values():
+        under.add(Text(f"... {count} more entries in this table (see the table view)", "dim"))
     return top
 
 
@@ -103,6 +131,8 @@ def sptes(
     tree: bool,
 ) -> None:
     """Dump a VM's SPTEs: gfn, level, value, kind, pfn, access, A/D, MMIO generation."""
+    if tree and level is not None:
+        raise click.UsageError("--tree draws whole tables; --level filters entries: use one")
     start_gfn = end_gfn = None
     if start is not None or end is not None:
         start_gfn, end_gfn = gpa_to_gfn_range(start or 0, end if end is not None else 1 << 64)

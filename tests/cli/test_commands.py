@@ -229,6 +229,13 @@ def test_sptes_table_tree_and_json(kvmmu: Cli, vm: str) -> None:
         "roots": ["TDP_ROOT_DIRECT", "TDP_ROOT_DIRECT"],
     }
     assert kvmmu.fails(1, "sptes", "no-such-vm").startswith("kvmmu: not found: ")
+    gpas = "\n".join(hex(gpa) for gpa in range(0x2000, 0x14000, 0x1000))
+    kvmmu.ok("fault", vm, "--from-file", "-", "--write", stdin=gpas)
+    crowded = kvmmu.ok("sptes", vm, "--tree")  # 19 leaves in the first level-1 table
+    assert "L1 gfn 0x8 0x8600000000008b77" in crowded  # the eighth leaf is drawn
+    assert "L1 gfn 0x9 0x" not in crowded
+    assert "... 11 more entries in this table (see the table view)" in crowded
+    assert "--level filters entries" in kvmmu.fails(2, "sptes", vm, "--tree", "--level", "1")
 
 
 def test_decode_for_a_vm_and_the_server_host(kvmmu: Cli, vm: str) -> None:
