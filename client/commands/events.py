@@ -18,6 +18,10 @@ from client.commands.output import message_dict
 from client.commands.params import VM
 from client.errors import Cancelled
 from client.events import Event, EventBatch
+from kvmmu.v1 import events_pb2
+
+# Every event the server sends: the tracepoints, and "warning" for a reproduced WARN.
+EVENT_NAMES = sorted(f.name for f in events_pb2.Event.DESCRIPTOR.oneofs_by_name["fields"].fields)
 
 
 def ftrace_line(event: Event) -> str:
@@ -72,7 +76,8 @@ def _print_batch(app: App, batch: EventBatch, fmt: str) -> None:
     "\b\nEvents are recorded only while the VM's tracing is on (`kvmmu vm tracing`).\n"
     "Without --follow the retained log is printed from --from (default 1) and the\n"
     "command ends; --follow keeps printing new events until interrupted.\n"
-    "--json prints each WatchEvents message; --format json one Event per line.",
+    "--json prints each WatchEvents message; --format json one Event per line.\n\n"
+    "Events (--name): " + ", ".join(EVENT_NAMES) + ".",
 )
 @click.argument("vm", type=VM)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
@@ -90,7 +95,14 @@ def _print_batch(app: App, batch: EventBatch, fmt: str) -> None:
     show_default=True,
     help="Line format.",
 )
-@click.option("--name", "names", multiple=True, help="Only this tracepoint (repeatable).")
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    type=click.Choice(EVENT_NAMES),
+    metavar="EVENT",
+    help="Only this tracepoint, or 'warning' (repeatable; see the list below).",
+)
 @pass_app
 def events(
     app: App, vm: str, follow: bool, from_sequence: int | None, fmt: str, names: tuple[str, ...]

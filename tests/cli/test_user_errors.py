@@ -199,3 +199,8 @@ def test_every_pferr_bit_of_the_model_has_a_label() -> None:
     assert constants.error_code_label(0x2000000000002) == "W|PRIVATE"
     assert constants.error_code_label(0) == "-"
     assert constants.error_code_label(1 << 60 | 1) == "P|0x1000000000000000"
+
+
+def test_events_name_must_be_an_event_the_server_sends(offline: Cli) -> None:
+    line = offline.fails(2, "events", "vm1", "--name", "bogus_event")
+    assert "'bogus_event' is not one of" in line and "'kvm_mmu_set_spte'" in line
