@@ -61,16 +61,18 @@ class VmReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _fmt(value: Any, hex_ints: bool) -> str:
+def _fmt(name: str, value: Any, hex_ints: bool) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
-        return f"{value:#x}" if hex_ints and value > 9 else f"{value:,}"
+        as_hex = hex_ints or name.endswith(("_mask", "_value"))
+        return f"{value:#x}" if as_hex and value > 9 else f"{value:,}"
     return escape(str(value))
 
 
 def _table(rows: list[tuple[str, Any]], *, hex_ints: bool = True) -> str:
-    body = "".join(f"<tr><th>{escape(k)}</th><td>{_fmt(v, hex_ints)}</td></tr>" for k, v in rows)
+    """Rows of name/value; ints in hex when `hex_ints`, else only masks and values."""
+    body = "".join(f"<tr><th>{escape(k)}</th><td>{_fmt(k, v, hex_ints)}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
 
 
@@ -279,7 +281,7 @@ def render_html(report: VmReport) -> str:
 <h2>Representative SPTEs</h2>
 {_representatives(report)}
 <h2>Host</h2>
-<div class="grid"><div>{_table(list(report.host_config.items()))}</div>
+<div class="grid"><div>{_table(list(report.host_config.items()), hex_ints=False)}</div>
 <div>{_table(masks)}</div></div>
 </body></html>
 """
