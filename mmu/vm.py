@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mmu import aging, dirty_log, memslot_ops, tdp_mmu
-from mmu.bits import fits_u64
+from mmu.bits import U64_MASK, fits_u64
 from mmu.constants import KVM_PAGES_PER_HPAGE, PG_LEVEL_1G, PG_LEVEL_4K
 from mmu.dump import SpteArrays, count_tables, dump_arrays
 from mmu.errors import Conflict, HostRejected, InvalidInput, NotFound, Refused
@@ -33,6 +33,7 @@ from mmu.vmtypes import VmType, model_limit_reason, unsupported_reason
 ExistingSptes = Literal["refuse", "zap", "keep"]
 MAX_MEMSLOT_ID = 32767
 MAX_GPA_BITS = 52  # EPT and NPT translate at most 52-bit GPAs
+GPA_LIMIT = 1 << MAX_GPA_BITS
 DEFAULT_EVENT_HISTORY = 1 << 16
 
 
@@ -366,8 +367,16 @@ class Vm:
         self, gpa: int, error_code: int = 0, *, explain: bool = False, events: bool = True
     ) -> FaultResult:
         """kvm_mmu_page_fault(gpa, error_code) on the VM's vCPU."""
-        self.check_gpa(gpa)
-        _u64(error_code, "error_code")
+        # One cheap test for the common case (plain ints in range), the full checks,
+        # with their messages, otherwise.
+        if not (
+            type(gpa) is int
+            and type(error_code) is int
+            and 0 <= gpa < GPA_LIMIT
+            and 0 <= error_code <= U64_MASK
+        ):
+            self.check_gpa(gpa)
+            _u64(error_code, "error_code")
         ctx = self._context(events=events, explain=explain)
         result = page_fault(self.state, ctx, gpa, error_code)
         result.events = ctx.events or []
