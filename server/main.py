@@ -26,6 +26,7 @@ from server.app import create_server
 from server.config import Limits, ServerConfig, split_assignment
 from server.durability.cli import add_durability_arguments, durability_from_args
 from server.durability.errors import StateError
+from server.metrics import parse_metrics_address
 from server.security import (
     add_security_arguments,
     listen_refusal,
@@ -167,6 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers must exceed --max-concurrent-streams")
     if args.max_inflight_rpcs <= args.max_concurrent_streams:
         parser.error("--max-inflight-rpcs must exceed --max-concurrent-streams")
+    if args.metrics_listen:
+        try:
+            metrics_host, _ = parse_metrics_address(args.metrics_listen)
+        except ValueError as exc:
+            parser.error(f"--metrics-listen: {exc}")
     refusal = listen_refusal(args.listen, config.security)
     if refusal is not None:
         print(f"kvmmu-server: error: {refusal}", file=sys.stderr)
@@ -191,8 +197,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in server.store.describe():
             print(f"kvmmu-server: {line}", flush=True)
     if server.metrics is not None:
-        metrics_port = server.metrics.serve(args.metrics_listen)
-        print(f"kvmmu-server: metrics on {host}:{metrics_port}/metrics", flush=True)
+        try:
+            metrics_port = server.metrics.serve(args.metrics_listen)
+        except OSError as exc:  # address in use, not local, ...
+            print(
+                f"kvmmu-server: cannot serve metrics on {args.metrics_listen}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+            server.stop(grace=0)
+            return 1
+        shown = f"[{metrics_host}]" if ":" in metrics_host else metrics_host
+        print(f"kvmmu-server: metrics on {shown}:{metrics_port}/metrics", flush=True)
     print(f"kvmmu-server: {describe_security(config.security)}", flush=True)
     stop = threading.Event()
 

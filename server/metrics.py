@@ -66,9 +66,24 @@ class Metrics:
 
     def serve(self, address: str) -> int:
         """Start the /metrics HTTP endpoint on host:port; returns the bound port."""
-        host, _, port = address.rpartition(":")
-        server, _thread = start_http_server(
-            int(port), addr=host or "127.0.0.1", registry=self.prometheus
-        )
+        host, port = parse_metrics_address(address)
+        server, _thread = start_http_server(port, addr=host, registry=self.prometheus)
         bound: int = server.server_port
         return bound
+
+
+def parse_metrics_address(address: str) -> tuple[str, int]:
+    """(host, port) of HOST:PORT or [V6]:PORT; an empty host is 127.0.0.1.
+
+    Raises ValueError saying what is wrong, so the flag can be refused at start.
+    """
+    host, sep, port_text = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets: [{host}]:{port_text}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
+    return host or "127.0.0.1", int(port_text)

@@ -60,8 +60,9 @@ def fault_response(host: Host, reply: ops.FaultReply, limits: Limits) -> fault_p
     res = reply.result
     if res.outcome == Outcome.ENOMEM:
         raise LimitExceeded(
-            f"the VM has reached its limit of {limits.max_tables_per_vm} page tables "
-            "(KVM: -ENOMEM from mmu_topup_memory_caches); nothing was mapped",
+            f"the VM is at its limit of {limits.max_tables_per_vm} page tables: a fault first "
+            "needs one free table per paging level (KVM's mmu_topup_memory_caches), so "
+            "-ENOMEM; nothing was mapped, only pf_taken counted the fault",
             limit="max_tables_per_vm",
             field="gpa",
         )

@@ -32,6 +32,7 @@ from kvmmu.v1 import (
 )
 from server.app import create_server
 from server.config import Limits, ServerConfig
+from server.metrics import parse_metrics_address
 from tests.server.conftest import REPO, add_slot, create_vm, fails, start_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -411,3 +412,27 @@ def test_a_host_without_the_tdp_mmu_runs_no_vms_and_says_why():
             assert list(stub.ListVms(vm_pb2.ListVmsRequest()).vms) == []
     finally:
         assert srv.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("localhost:notaport", "not a number from 0 to 65535"),
+        ("127.0.0.1:70000", "not a number from 0 to 65535"),
+        ("::1:80", "in brackets: [::1]:80"),
+        ("9090", "not HOST:PORT"),
+    ],
+)
+def test_bad_metrics_address_is_a_usage_error(address, reason):
+    result = subprocess.run(
+        [sys.executable, "-m", "server.main", "--state-dir", "none", "--metrics-listen", address],
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--metrics-listen: " in result.stderr and reason in result.stderr
+
+
+def test_metrics_address_forms():
+    assert parse_metrics_address("[::1]:9090") == ("::1", 9090)
+    assert parse_metrics_address(":9090") == ("127.0.0.1", 9090)
+    assert parse_metrics_address("0.0.0.0:0") == ("0.0.0.0", 0)
