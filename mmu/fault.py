@@ -285,18 +285,25 @@ def page_fault_can_be_fast(state: VmState, fault: PageFault) -> bool:
     return fault.write
 
 
+def _why_not_fast(state: VmState, fault: PageFault) -> str:
+    """The reason page_fault_can_be_fast said no, for --explain."""
+    if fault.rsvd:
+        why = "an RSVD fault"
+    elif state.has_private_mem and fault.is_private != state.mem_is_private(fault.gfn):
+        why = "the fault's privateness differs from the GFN's memory attribute"
+    elif not fault.present:
+        why = "a not-present fault, and the host has A/D bits (nothing to restore)"
+    else:
+        why = "a present fault that is not a write"
+    return f"no fast path: {why}"
+
+
 def fast_page_fault(
     state: VmState, ctx: OpContext, fault: PageFault, res: FaultResult
 ) -> Outcome | None:
     if not page_fault_can_be_fast(state, fault):
         if ctx.explain is not None:
-            ctx.step(
-                "page_fault_can_be_fast",
-                lambda: (
-                    "no (RSVD, private/attribute mismatch, or neither a write to a "
-                    "present SPTE nor a not-present fault without A/D bits): no fast path"
-                ),
-            )
+            ctx.step("page_fault_can_be_fast", lambda: _why_not_fast(state, fault))
         return None
     host = state.host
     root = state.direct_root
