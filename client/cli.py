@@ -54,7 +54,8 @@ class KvmmuGroup(click.Group):
             app = ctx.find_object(App)
             server = app.settings.server if app else "?"
             timeout = app.settings.timeout if app else None
-            text = describe(exc, server, timeout).replace("\n", " ")
+            tls = bool(app and app.settings.tls)
+            text = describe(exc, server, timeout, tls=tls).replace("\n", " ")
             click.echo(f"kvmmu: {text}", err=True)
             ctx.exit(exit_status(exc))
         except KeyboardInterrupt:

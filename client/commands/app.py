@@ -88,13 +88,14 @@ class App:
 pass_app = click.make_pass_decorator(App)
 
 
-def describe(exc: KvmmuError, server: str, timeout: float | None) -> str:
+def describe(exc: KvmmuError, server: str, timeout: float | None, *, tls: bool = False) -> str:
     """One line saying what went wrong, naming the field (and its CLI option) if any."""
     if isinstance(exc, DeadlineExceeded):
         return f"no answer from the server at {server} within {timeout}s (--timeout)"
     if isinstance(exc, ServerUnreachable):
         return (
-            f"cannot reach the kvmmu server at {server} ({exc.message}); {_unreachable_hint(exc)}"
+            f"cannot reach the kvmmu server at {server} ({exc.message}); "
+            f"{_unreachable_hint(exc, tls)}"
         )
     if isinstance(exc, Unauthenticated):
         return f"unauthenticated: {exc.message} (set --token or KVMMU_TOKEN)"
@@ -114,8 +115,12 @@ def describe(exc: KvmmuError, server: str, timeout: float | None) -> str:
     return text
 
 
-def _unreachable_hint(exc: ServerUnreachable) -> str:
-    """What to try: TLS settings when the connection got as far as TLS, else the address."""
+def _unreachable_hint(exc: ServerUnreachable, tls: bool) -> str:
+    """What to try: TLS settings when the connection got as far as TLS, else the address.
+
+    gRPC reports one address's failure (often ::1's refusal for "localhost"), so
+    with TLS in use a refused connection may still be a rejected certificate.
+    """
     message = exc.message.lower()
     if "handshake" in message or "ssl" in message:
         return "the TLS handshake failed: check --tls-ca, --tls-cert and --tls-key"
@@ -123,6 +128,11 @@ def _unreachable_hint(exc: ServerUnreachable) -> str:
         return (
             "the server closed the connection: if it serves TLS, pass --tls-ca "
             "(and --tls-cert/--tls-key for mutual TLS)"
+        )
+    if tls:
+        return (
+            "is it running at that address? If so, check --tls-ca, and --tls-cert/--tls-key "
+            "if it requires a client certificate"
         )
     return "start it with `make run` or set --server / KVMMU_SERVER"
 
