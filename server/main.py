@@ -164,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     # Streams can each hold a worker and an in-flight slot for as long as the client
     # likes; short calls must always find both.
+    for flag, seconds in (("--grace", args.grace), ("--shutdown-drain", args.shutdown_drain)):
+        if not seconds >= 0:  # also refuses nan
+            parser.error(f"{flag} must be a number of seconds, 0 or more (got {seconds})")
     if args.workers <= args.max_concurrent_streams:
         parser.error("--workers must exceed --max-concurrent-streams")
     if args.max_inflight_rpcs <= args.max_concurrent_streams:
