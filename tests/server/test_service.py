@@ -436,3 +436,12 @@ def test_metrics_address_forms():
     assert parse_metrics_address("[::1]:9090") == ("::1", 9090)
     assert parse_metrics_address(":9090") == ("127.0.0.1", 9090)
     assert parse_metrics_address("0.0.0.0:0") == ("0.0.0.0", 0)
+
+
+@pytest.mark.parametrize("flag", ["--grace", "--shutdown-drain"])
+def test_negative_shutdown_times_are_usage_errors(flag):
+    result = subprocess.run(
+        [sys.executable, "-m", "server.main", "--state-dir", "none", flag, "-5"],
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and f"{flag} must be a number of seconds" in result.stderr
