@@ -48,7 +48,11 @@ class KvmmuServer:
             ),
             interceptors=[
                 *auth_interceptors(config.security, self.metrics),
-                ServingInterceptor(self.metrics, limits.max_message_bytes),
+                ServingInterceptor(
+                    self.metrics,
+                    limits.max_message_bytes,
+                    store_failure=self._store_failure if self.store is not None else None,
+                ),
             ],
             options=grpc_options(limits),
             maximum_concurrent_rpcs=limits.max_inflight_rpcs,
@@ -63,6 +67,9 @@ class KvmmuServer:
         self._stopped = threading.Event()
         if self.store is not None:
             self.store.journal.on_failure = self._store_failed
+
+    def _store_failure(self) -> BaseException | None:
+        return self.store.journal.failure if self.store is not None else None
 
     def _store_failed(self, exc: BaseException) -> None:
         """Nothing more can be acknowledged: health says so, for a supervisor to restart us."""

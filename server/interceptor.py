@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 from grpc_status import rpc_status
 
 from mmu.errors import LimitExceeded
-from server.errors import FieldError
+from server.errors import FieldError, Unavailable
 from server.metrics import Metrics
 from server.status import status_for
 
@@ -27,6 +27,15 @@ else:
 Unary = Callable[[Any, grpc.ServicerContext], Any]
 Streaming = Callable[[Any, grpc.ServicerContext], Iterator[Any]]
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def _check_store(gate: StoreFailure | None) -> None:
+    failure = gate() if gate is not None else None
+    if failure is not None:
+        raise Unavailable(
+            f"the durable store failed ({failure}): the server answers nothing until it is "
+            "restarted, and then serves exactly the acknowledged changes"
+        )
 
 
 class _Malformed:
@@ -67,14 +76,29 @@ def _check(request: Any) -> None:
         raise FieldError(f"the request bytes are not a valid message: {request.error}", field="")
 
 
+# Methods answered only while the durable store works (health and reflection stay up).
+GATED_PREFIX = "/kvmmu.v1.MmuService/"
+StoreFailure = Callable[[], BaseException | None]
+
+
 class ServingInterceptor(BaseInterceptor):
-    """Wraps each method handler once (cached per method)."""
+    """Wraps each method handler once (cached per method).
+
+    `store_failure` reports a failed durable store: from then on every MmuService
+    call, reads included, is UNAVAILABLE. The change whose record failed has
+    taken effect in memory but is not durable, so after the failure nobody may
+    see the in-memory state; a restart serves exactly what was acknowledged.
+    """
 
     def __init__(
-        self, metrics: Metrics | None = None, max_message_bytes: int | None = None
+        self,
+        metrics: Metrics | None = None,
+        max_message_bytes: int | None = None,
+        store_failure: StoreFailure | None = None,
     ) -> None:
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
+        self.store_failure = store_failure
         self._cache: dict[str, Handler] = {}
 
     def intercept_service(
@@ -95,9 +119,10 @@ class ServingInterceptor(BaseInterceptor):
 
     def _wrap(self, full: str, handler: Handler) -> Handler:
         method = full.rsplit("/", 1)[-1]
+        gate = self.store_failure if full.startswith(GATED_PREFIX) else None
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
+                self._unary(method, handler.unary_unary, gate),
                 request_deserializer=_tolerant(
                     handler.request_deserializer, self.max_message_bytes
                 ),
@@ -105,7 +130,7 @@ class ServingInterceptor(BaseInterceptor):
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._streaming(method, handler.unary_stream),
+                self._streaming(method, handler.unary_stream, gate),
                 request_deserializer=_tolerant(
                     handler.request_deserializer, self.max_message_bytes
                 ),
@@ -143,12 +168,14 @@ class ServingInterceptor(BaseInterceptor):
         )
         context.abort_with_status(rpc_status.to_status(status))
 
-    def _unary(self, method: str, behavior: Unary) -> Unary:
+    def _unary(self, method: str, behavior: Unary, gate: StoreFailure | None) -> Unary:
         def serve(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             try:
                 _check(request)
+                _check_store(gate)
                 response = behavior(request, context)
+                _check_store(gate)  # failed while this call ran: its answer may not hold
             except Exception as exc:
                 error = exc
             else:
@@ -158,12 +185,15 @@ class ServingInterceptor(BaseInterceptor):
 
         return serve
 
-    def _streaming(self, method: str, behavior: Streaming) -> Streaming:
+    def _streaming(self, method: str, behavior: Streaming, gate: StoreFailure | None) -> Streaming:
         def serve(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             start = time.perf_counter()
             try:
                 _check(request)
-                yield from behavior(request, context)
+                _check_store(gate)
+                for item in behavior(request, context):
+                    _check_store(gate)
+                    yield item
             except Exception as exc:
                 error = exc
             else:

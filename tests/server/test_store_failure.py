@@ -1,0 +1,57 @@
+"""After the durable store fails, the server shows nothing that is not durable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kvmmu.v1 import service_pb2_grpc, vm_pb2
+from server.app import create_server
+from server.config import ServerConfig
+
+
+def code_of(call: object, request: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call(request)  # type: ignore[operator]
+    code: grpc.StatusCode = err.value.code()  # type: ignore[attr-defined]
+    return code
+
+
+def test_a_change_whose_record_failed_is_never_seen(tmp_path: Path) -> None:
+    config = ServerConfig(state_dir=tmp_path / "s")
+    server, port = create_server("127.0.0.1:0", config=config)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = service_pb2_grpc.MmuServiceStub(channel)
+            stub.CreateVm(vm_pb2.CreateVmRequest(vm_id="a"))
+            stub.CreateVm(vm_pb2.CreateVmRequest(vm_id="b"))
+            assert server.store is not None
+            server.store.db.close()  # the disk is gone
+            # The delete took effect in memory before its record failed ...
+            assert code_of(stub.DeleteVm, vm_pb2.DeleteVmRequest(name="vms/b")) == (
+                grpc.StatusCode.UNAVAILABLE
+            )
+            # ... so no read may show it: every call is UNAVAILABLE, not NOT_FOUND.
+            assert code_of(stub.GetVm, vm_pb2.GetVmRequest(name="vms/b")) == (
+                grpc.StatusCode.UNAVAILABLE
+            )
+            assert code_of(stub.ListVms, vm_pb2.ListVmsRequest()) == grpc.StatusCode.UNAVAILABLE
+            health = health_pb2_grpc.HealthStub(channel)
+            status = health.Check(health_pb2.HealthCheckRequest()).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        server.grpc.stop(0).wait()
+        assert server.store is not None
+        server.store.snapshotter.stop()
+        server.store.lock.close()
+    restarted, port = create_server("127.0.0.1:0", config=config)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = service_pb2_grpc.MmuServiceStub(channel)
+            names = [vm.name for vm in stub.ListVms(vm_pb2.ListVmsRequest()).vms]
+            assert names == ["vms/a", "vms/b"]  # the unacknowledged delete is not there
+    finally:
+        restarted.stop(grace=0)
