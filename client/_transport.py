@@ -18,7 +18,7 @@ from typing import Final, Generic, TypeVar
 
 import grpc
 
-from client.errors import KvmmuError, error_from_rpc
+from client.errors import KvmmuError, Unavailable, error_from_rpc
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -244,7 +244,7 @@ class Transport:
     def _retry(
         self, error: KvmmuError, attempt: int, attempts: int, deadline: float | None
     ) -> bool:
-        if error.code != grpc.StatusCode.UNAVAILABLE or attempt + 1 >= attempts:
+        if not isinstance(error, Unavailable) or attempt + 1 >= attempts:
             return False
         pause = self.retry.backoff(attempt)
         if deadline is not None and time.monotonic() + pause >= deadline:

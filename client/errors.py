@@ -11,6 +11,7 @@
     ├── Unimplemented            UNIMPLEMENTED: the server does not offer this RPC
     ├── Cancelled                CANCELLED
     ├── ServerError              INTERNAL, UNKNOWN, DATA_LOSS, ...: a server bug
+    ├── StoreFailed              UNAVAILABLE from a server whose durable store failed
     └── ServerUnreachable        the server did not answer
         ├── Unavailable          UNAVAILABLE: cannot connect (reads are retried first)
         └── DeadlineExceeded     DEADLINE_EXCEEDED: no answer within the deadline
@@ -167,6 +168,14 @@ class ServerError(KvmmuError):
     """INTERNAL, UNKNOWN, DATA_LOSS and other codes: the server failed (a bug)."""
 
 
+class StoreFailed(KvmmuError):
+    """UNAVAILABLE with reason STATE_STORE_FAILED: the server answered, but its durable
+    store failed; it serves nothing until restarted (retrying does not help)."""
+
+
+STORE_FAILED_REASON: Final = "STATE_STORE_FAILED"
+
+
 class ServerUnreachable(KvmmuError):
     """The server did not answer (UNAVAILABLE or DEADLINE_EXCEEDED)."""
 
@@ -223,4 +232,10 @@ def error_from_rpc(exc: grpc.RpcError) -> KvmmuError:
         if status is not None:
             message = status.message or message
             details = _unpack(status.details)
-    return STATUS_ERRORS.get(code, ServerError)(code, message, details)
+    kind = STATUS_ERRORS.get(code, ServerError)
+    if code == grpc.StatusCode.UNAVAILABLE and any(
+        isinstance(d, error_details_pb2.ErrorInfo) and d.reason == STORE_FAILED_REASON
+        for d in details
+    ):
+        kind = StoreFailed
+    return kind(code, message, details)

@@ -11,7 +11,13 @@ import click
 from client._transport import TlsConfig
 from client.client import Client, connect
 from client.commands.output import Output
-from client.errors import DeadlineExceeded, KvmmuError, ServerUnreachable, Unauthenticated
+from client.errors import (
+    DeadlineExceeded,
+    KvmmuError,
+    ServerUnreachable,
+    StoreFailed,
+    Unauthenticated,
+)
 
 EXIT_REFUSED: Final = 1
 EXIT_USAGE: Final = 2
@@ -96,6 +102,11 @@ def describe(exc: KvmmuError, server: str, timeout: float | None, *, tls: bool =
         return (
             f"cannot reach the kvmmu server at {server} ({exc.message}); "
             f"{_unreachable_hint(exc, tls)}"
+        )
+    if isinstance(exc, StoreFailed):
+        return (
+            f"the server at {server} cannot store changes: {exc.message} "
+            "(fix its state directory's disk, then restart it)"
         )
     if isinstance(exc, Unauthenticated):
         return f"unauthenticated: {exc.message} (set --token or KVMMU_TOKEN)"

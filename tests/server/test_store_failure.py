@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from client.client import connect
+from client.errors import StoreFailed
 from kvmmu.v1 import service_pb2_grpc, vm_pb2
 from server.app import create_server
 from server.config import ServerConfig
+from tests.server.conftest import REPO
 
 
 def code_of(call: object, request: object) -> grpc.StatusCode:
@@ -42,6 +48,17 @@ def test_a_change_whose_record_failed_is_never_seen(tmp_path: Path) -> None:
             health = health_pb2_grpc.HealthStub(channel)
             status = health.Check(health_pb2.HealthCheckRequest()).status
             assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # The client library and the CLI say what happened, not "cannot connect".
+        with connect(f"127.0.0.1:{port}", timeout=10) as client:
+            started = time.monotonic()
+            with pytest.raises(StoreFailed):
+                client.get_vm("a")
+            assert time.monotonic() - started < 1  # not retried like a lost connection
+        cli = subprocess.run(
+            [sys.executable, "-m", "client.cli", "--server", f"127.0.0.1:{port}", "vm", "list"],
+            cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert cli.returncode == 1 and "cannot store changes" in cli.stderr, cli.stderr
     finally:
         server.grpc.stop(0).wait()
         assert server.store is not None
