@@ -175,7 +175,7 @@ class MmuServicer(service_pb2_grpc.MmuServiceServicer):
 
     def Fault(self, request: fault_pb2.FaultRequest, context: Context) -> fault_pb2.FaultResponse:
         reply = apply(self.registry, fault_conv.fault_op(request))
-        return fault_conv.fault_response(self.host, reply, self.limits)
+        return fault_conv.fault_response(self.host, reply)
 
     def BatchFault(
         self, request: fault_pb2.BatchFaultRequest, context: Context

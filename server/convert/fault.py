@@ -56,13 +56,13 @@ def fault_op(request: fault_pb2.FaultRequest) -> ops.Fault:
     )
 
 
-def fault_response(host: Host, reply: ops.FaultReply, limits: Limits) -> fault_pb2.FaultResponse:
+def fault_response(host: Host, reply: ops.FaultReply) -> fault_pb2.FaultResponse:
     res = reply.result
     if res.outcome == Outcome.ENOMEM:
         raise LimitExceeded(
-            f"the VM is at its limit of {limits.max_tables_per_vm} page tables: a fault first "
-            "needs one free table per paging level (KVM's mmu_topup_memory_caches), so "
-            "-ENOMEM; nothing was mapped, only pf_taken counted the fault",
+            "the VM is at its page-table limit (max_tables_per_vm as it was when the VM was "
+            "created): a fault first needs one free table per paging level (KVM's "
+            "mmu_topup_memory_caches), so -ENOMEM; nothing was mapped, only pf_taken counted it",
             limit="max_tables_per_vm",
             field="gpa",
         )
