@@ -6,15 +6,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from mmu.constants import (
+    ERROR_CODE_LABELS,
     KVM_PAGES_PER_HPAGE,
-    PFERR_FETCH_MASK,
-    PFERR_PK_MASK,
-    PFERR_PRESENT_MASK,
-    PFERR_RSVD_MASK,
-    PFERR_SGX_MASK,
-    PFERR_SS_MASK,
-    PFERR_USER_MASK,
-    PFERR_WRITE_MASK,
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
     RET_PF_FIXED,
@@ -24,16 +17,8 @@ from mmu.host import Host
 from mmu.mmio import get_mmio_spte_generation
 from mmu.spte import is_executable_pte
 
-PFERR_FLAG_NAMES: Final = (
-    (PFERR_PRESENT_MASK, "P"),
-    (PFERR_WRITE_MASK, "W"),
-    (PFERR_USER_MASK, "U"),
-    (PFERR_PK_MASK, "PK"),
-    (PFERR_SS_MASK, "SS"),
-    (PFERR_SGX_MASK, "SGX"),
-    (PFERR_RSVD_MASK, "RSVD"),
-    (PFERR_FETCH_MASK, "F"),
-)
+# The letters the tracepoints print: the first eight of the labels, in their order.
+PFERR_FLAG_NAMES: Final = ERROR_CODE_LABELS[:8]
 
 
 def spte_access_letters(host: Host, spte: int) -> str:

@@ -24,15 +24,16 @@ class Result:
     err: str
 
 
-def run_cli(*args: str, server: str | None, stdin: str | None = None) -> Result:
+def run_cli(*args: str, server: str | None, stdin: str | None = None, cwd: Path = REPO) -> Result:
     """Run `python -m client.cli ARGS` with KVMMU_SERVER set; stdout/stderr are pipes."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KVMMU_", "FORCE_COLOR"))}
     env["COLUMNS"] = "200"
+    env["PYTHONPATH"] = str(REPO)  # the checkout's packages, wherever the command runs
     if server is not None:
         env["KVMMU_SERVER"] = server
     proc = subprocess.run(
         [sys.executable, "-m", "client.cli", *args],
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         input=stdin,
         capture_output=True,

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import click
 import pytest
 
 from client.cli import cli
-from tests.cli.conftest import REPO
+from tests.cli.conftest import REPO, run_cli
 
 GPAW = 52  # the widest guest physical address (TDX's GPAW 52: shared bit 51)
 
@@ -102,18 +99,7 @@ def test_offline_example_runs(args: list[str], tmp_path: Path) -> None:
     """Run in a directory holding what the examples name: scenarios/ and trace.txt."""
     (tmp_path / "scenarios").symlink_to(REPO / "scenarios")
     shutil.copy(REPO / "tests" / "data" / "sample-kvmmmu-trace.txt", tmp_path / "trace.txt")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KVMMU_")}
-    env["PYTHONPATH"] = str(REPO)
     stdin = (tmp_path / "trace.txt").read_text() if "-" in args else None
-    proc = subprocess.run(
-        [sys.executable, "-m", "client.cli", *args],
-        cwd=tmp_path,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, f"kvmmu {' '.join(args)} -> {proc.returncode}: {proc.stderr}"
-    assert proc.stdout
+    result = run_cli(*args, server=None, stdin=stdin, cwd=tmp_path)
+    assert result.code == 0, f"kvmmu {' '.join(args)} -> {result.code}: {result.err}"
+    assert result.out
