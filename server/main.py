@@ -3,8 +3,11 @@
 Every flag has an environment variable KVMMU_<FLAG> (upper case, dashes as
 underscores), except --discard-corrupt-tail; a flag given on the command line
 wins. Prints what state it recovered, then "kvmmu-server: listening on
-HOST:PORT" once serving (port 0 picks a free port), and exits 0 after a
-graceful stop on SIGTERM or SIGINT; 1 when the state directory cannot be used.
+HOST:PORT" once serving (port 0 picks a free port). Exit status (EXIT_STATUS):
+0 after a graceful stop on SIGTERM or SIGINT, also when the final snapshot
+could not be written (one warning; the journal holds every acknowledged
+change, so nothing is lost); 1 when the state directory or the address
+cannot be used; 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ from server.security import (
 from server.security import describe as describe_security
 
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+EXIT_STATUS = (
+    "exit status: 0 after a graceful stop (SIGTERM/SIGINT), also when the final snapshot "
+    "could not be written (a warning says why; the journal holds every acknowledged change, "
+    "so nothing is lost); 1 when the state directory or the address cannot be used; "
+    "2 for a usage error"
+)
 _LIMIT_HELP = {
     "max_vms": "VMs the server holds at once",
     "max_memslots_per_vm": "memslots per VM",
@@ -62,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the KVM x86 MMU model (kvmmu.v1.MmuService) over gRPC, with "
         "health checking and server reflection. Each flag can also be set with the "
         "environment variable shown.",
+        epilog=EXIT_STATUS,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
@@ -139,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     overrides = tuple(split_assignment(item) for item in args.host_set)
     limits = Limits(**{name: getattr(args, name) for name in _LIMIT_HELP})
+    if not args.state_dir.strip():  # Path("") would be the working directory
+        raise ValueError(
+            "--state-dir is empty: give a directory, or 'none' to keep state in memory only"
+        )
     state_dir = None if args.state_dir.lower() == "none" else Path(args.state_dir)
     config = ServerConfig(
         profile=args.profile,

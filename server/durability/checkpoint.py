@@ -11,16 +11,21 @@ read first; every VM's S is at least C, and records below C belong either to
 a snapshotted VM (covered) or to a VM deleted before C (gone). So the
 journal is truncated below C.
 
-Durability of the switch. Snapshot files are written and fsynced first;
-then everything journaled so far is committed; then one transaction
-(always with synchronous=FULL, whatever the level) replaces the index rows,
-deletes the journal below C and records C as `truncated_below`; only after
-it are files no longer named by the index deleted. A crash at any point
-leaves either the old index with its files and journal, or the new one.
+Durability of the switch. Everything journaled so far is committed first
+(so every record below each S is in the journal before a file claiming to
+hold it exists: recovery relies on that to tell a lost journal tail from an
+interrupted checkpoint); then the snapshot files are written and fsynced;
+then one transaction (always with synchronous=FULL, whatever the level)
+replaces the index rows, deletes the journal below C and records C as
+`truncated_below`; only after it are files no longer named by the index
+deleted. A crash at any point leaves either the old index with its files and
+journal, or the new one. A checkpoint that fails (disk full, ...) removes
+the files it wrote and leaves the old index in force.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -30,11 +35,13 @@ from pathlib import Path
 
 from server.durability.config import DurabilityConfig
 from server.durability.journal import Journal, JournalStats
-from server.durability.layout import set_meta, synchronous
-from server.durability.snapshots import SUFFIX, SnapshotRow, take, write
+from server.durability.layout import TMP_SUFFIX, set_meta, synchronous
+from server.durability.recovery import count
+from server.durability.snapshots import SnapshotRow, file_name, parse_file_name, take, write
 from server.registry import Registry
 
 log = logging.getLogger("kvmmu.durability")
+RETRY_SECONDS = 10.0  # after a failed checkpoint, before the triggers are heeded again
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +74,9 @@ class Snapshotter:
         self.checkpoints = 0
         self._lock = threading.Lock()  # one checkpoint at a time
         self._wake = threading.Event()
+        self._stopping = threading.Event()
         self._closing = False
+        self.retry_seconds = RETRY_SECONDS
         self._thread: threading.Thread | None = None
 
     # --- triggers ----------------------------------------------------------------
@@ -89,33 +98,45 @@ class Snapshotter:
         self._thread.start()
 
     def _run(self) -> None:
-        interval = self.config.snapshot_seconds or None
-        while True:
-            self._wake.wait(interval)
-            self._wake.clear()
-            if self._closing:
-                return
-            if self.journal.failure is not None:
-                return
-            if self.journal.stats.records_since_snapshot == 0:
-                continue
+        """The snapshot thread: lives until stop(); any error is logged, never fatal."""
+        while not self._closing:
             try:
-                report = self.checkpoint()
-            except Exception:
-                log.exception("snapshot failed; the journal keeps every change meanwhile")
-                continue
-            log.info(
-                "snapshot: %d VMs written, %d unchanged, journal truncated below %d "
-                "(%d records) in %.3f s",
-                report.taken,
-                report.kept,
-                report.cut,
-                report.truncated,
-                report.seconds,
-            )
+                if not self._step():
+                    return
+            except Exception as exc:
+                if isinstance(exc, OSError | sqlite3.Error):
+                    log.error(
+                        "snapshot failed (%s); the journal keeps every change meanwhile, "
+                        "next attempt in %g s or later",
+                        exc,
+                        self.retry_seconds,
+                    )
+                else:  # a bug: say where
+                    log.exception("snapshot failed; the journal keeps every change meanwhile")
+                self._stopping.wait(self.retry_seconds)
+
+    def _step(self) -> bool:
+        """Wait for a trigger and take a checkpoint if anything changed; False: stop."""
+        self._wake.wait(self.config.snapshot_seconds or None)
+        self._wake.clear()
+        if self._closing or self.journal.failure is not None:
+            return False
+        if self.journal.stats.records_since_snapshot == 0:
+            return True
+        report = self.checkpoint()
+        log.info(
+            "snapshot: %s written, %s unchanged, journal truncated below %d (%s) in %.3f s",
+            count(report.taken, "VM"),
+            count(report.kept, "VM"),
+            report.cut,
+            count(report.truncated, "record"),
+            report.seconds,
+        )
+        return True
 
     def stop(self) -> None:
         self._closing = True
+        self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
@@ -130,10 +151,23 @@ class Snapshotter:
             stats = self.journal.stats
             records, size = stats.records_since_snapshot, stats.bytes_since_snapshot
             cut, taken, kept = self._cut(everything)
-            rows = dict(kept)
-            for vm_id, seq, data, meta in taken:
-                rows[vm_id] = write(self.snapshot_dir, vm_id, seq, data, meta)
             self.journal.flush()  # every record below every S is committed first
+            rows = dict(kept)
+            written: list[Path] = []
+            try:
+                for vm_id, seq, data, meta in taken:
+                    path = self.snapshot_dir / file_name(vm_id, seq)
+                    existed = path.exists()
+                    rows[vm_id] = write(self.snapshot_dir, vm_id, seq, data, meta)
+                    if not existed:
+                        written.append(path)
+            except BaseException:
+                for path in written:  # named by no index: the old one stays in force
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                raise
+            # A failed switch keeps its files: whether a failed COMMIT reached the WAL is
+            # not certain, and the next checkpoint's prune removes them if it did not.
             with self.journal.exclusive():
                 truncated = self._switch(rows, cut)
             self.rows = rows
@@ -192,7 +226,23 @@ class Snapshotter:
         return int(truncated)
 
     def remove_unreferenced(self) -> None:
+        """Delete snapshot files the index does not name (and temporary files).
+
+        Never one whose sequence is beyond the journal's: that would be the
+        only copy of records the journal lost (recovery refuses to start on it).
+        """
         names = {row.file for row in self.rows.values()}
+        end = self.journal.next_seq
         for path in self.snapshot_dir.iterdir():
-            if path.name not in names and (path.suffix == SUFFIX or path.name.endswith(".tmp")):
+            if path.name in names:
+                continue
+            if path.name.endswith(TMP_SUFFIX):
                 path.unlink(missing_ok=True)
+                continue
+            parsed = parse_file_name(path.name)
+            if parsed is None:
+                continue  # not ours
+            if parsed[1] > end:
+                log.warning("%s is beyond the journal (record %d); kept", path, end - 1)
+                continue
+            path.unlink(missing_ok=True)

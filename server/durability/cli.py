@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from server.durability.config import LEVELS, DurabilityConfig
+from server.durability.config import (
+    LEVELS,
+    MAX_INTERVAL,
+    MIN_INTERVAL,
+    DurabilityConfig,
+    interval_problem,
+)
 
 Env = Callable[[str, str], str]
 _DEFAULT = DurabilityConfig()
@@ -47,8 +53,9 @@ def add_durability_arguments(parser: argparse.ArgumentParser, env: Env) -> None:
         type=float,
         metavar="SECONDS",
         default=env("snapshot-interval", str(_DEFAULT.snapshot_seconds)),
-        help="... or this often if anything changed; 0: never by time (a snapshot is also "
-        "taken at graceful shutdown) [KVMMU_SNAPSHOT_INTERVAL]",
+        help=f"... or this often if anything changed: {MIN_INTERVAL:g} to {MAX_INTERVAL:g} "
+        "(a week); 0: never by time (a snapshot is also taken at graceful shutdown) "
+        "[KVMMU_SNAPSHOT_INTERVAL]",
     )
     group.add_argument(
         "--discard-corrupt-tail",
@@ -61,6 +68,14 @@ def add_durability_arguments(parser: argparse.ArgumentParser, env: Env) -> None:
 
 
 def durability_from_args(args: argparse.Namespace) -> DurabilityConfig:
+    """The config of the flags; ValueError (a usage error) names the flag that is wrong."""
+    for flag, value in (("--snapshot-every", args.snapshot_every),
+                        ("--snapshot-every-mb", args.snapshot_every_mb)):  # fmt: skip
+        if value < 0:
+            raise ValueError(f"{flag} must be 0 (off) or more (got {value})")
+    problem = interval_problem(args.snapshot_interval)
+    if problem is not None:
+        raise ValueError(f"--snapshot-interval {problem}")
     return DurabilityConfig(
         level=args.durability,
         snapshot_records=args.snapshot_every,

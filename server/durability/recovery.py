@@ -7,6 +7,17 @@ journal its sequence numbers (no gap from where it was truncated), each
 row's CRC, each record's decoding, and that replaying a record ends as it
 did when it was journaled (success, or an exception for a `failed` record).
 
+The snapshot files are also evidence of what the journal held. A checkpoint
+commits every record below a snapshot's sequence S before it writes the
+file, so a file whose S is beyond everything the journal and its index know
+means committed records were lost: SQLite's WAL file (journal.db-wal, where
+the latest commits live until checkpointed) was deleted or truncated. So
+does an index row naming a file that is gone while a newer file of the same
+VM is there (the commit of the newer index was lost; the old file was
+pruned after it). Both refuse the start; nothing is deleted. An
+unreferenced file whose S the journal does reach is what a crash between
+writing a snapshot and committing the index leaves, and is removed.
+
 With `discard` (--discard-corrupt-tail) the damage is collected instead of
 raised: the journal is replayed up to its first damaged record and dropped
 from there on; a VM whose snapshot is damaged is dropped with its journal
@@ -27,7 +38,8 @@ from server.apply import apply
 from server.config import Limits
 from server.durability.codec import Record, RecordError, decode, row_crc, text_crc
 from server.durability.errors import CorruptState
-from server.durability.snapshots import SnapshotRow, load, read_index
+from server.durability.layout import SNAPSHOT_DIR
+from server.durability.snapshots import SnapshotRow, load, parse_file_name, read_index
 from server.registry import Registry, VmEntry
 
 # Replay must rebuild what was acknowledged whatever the limits are now.
@@ -56,14 +68,15 @@ class Recovery:
 
     def summary(self) -> str:
         return (
-            f"recovered {count(self.vms, 'VM')} ({self.sptes:,} SPTEs) from "
+            f"recovered {count(self.vms, 'VM')} ({count(self.sptes, 'SPTE')}) from "
             f"{count(self.snapshots, 'snapshot')} and {count(self.replayed, 'journal record')} "
             f"replayed in {self.seconds:.3f} s"
         )
 
 
 def count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+    """'1 VM', '3 VMs', '1,048,576 SPTEs'."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def relaxed(limits: Limits) -> Limits:
@@ -106,6 +119,7 @@ def recover(
     registry.limits = replay.replay_limits
     try:
         _check_database(db, replay)
+        _check_snapshot_files(db, snapshot_dir, replay)
         _load_snapshots(db, snapshot_dir, replay)
         _replay_journal(db, replay)
     finally:
@@ -141,6 +155,63 @@ def _check_database(db: sqlite3.Connection, replay: _Replay) -> None:
     replay.out.truncated_below = int(row[0])
 
 
+def _journal_lost(what: str) -> str:
+    return (
+        f"the journal lost committed records: {what}. The likely cause: journal.db-wal (SQLite's "
+        "write-ahead log, which holds the latest commits) is missing or truncated: deleted, or "
+        "a copy or backup made without it or while the server ran. Restore the directory "
+        "whole from where it came; --discard-corrupt-tail starts from what the journal still "
+        "holds and moves these files to damaged-<time>/"
+    )
+
+
+def _known_end(db: sqlite3.Connection, replay: _Replay) -> tuple[set[str], int] | None:
+    """The files the index names, and the sequence after everything journal and index know."""
+    try:
+        index = db.execute("SELECT file, seq FROM snapshots").fetchall()
+        last = db.execute("SELECT MAX(seq) FROM journal").fetchone()[0]
+    except sqlite3.DatabaseError:
+        return None  # the damage is reported by the steps that read these
+    ends = [replay.out.truncated_below, (last or 0) + 1, *(int(seq) for _, seq in index)]
+    return {str(file) for file, _ in index}, max(ends)
+
+
+def _check_snapshot_files(db: sqlite3.Connection, snapshot_dir: Path, replay: _Replay) -> None:
+    """Refuse snapshot files written after records the journal no longer has."""
+    known = _known_end(db, replay)
+    if known is None:
+        return
+    named, end = known
+    beyond: list[tuple[int, Path]] = []
+    for path in snapshot_dir.iterdir():
+        parsed = parse_file_name(path.name)
+        if parsed is not None and path.name not in named and parsed[1] > end:
+            beyond.append((parsed[1], path))
+    if not beyond:
+        return
+    beyond.sort()
+    names = [f"{SNAPSHOT_DIR}/{path.name}" for _, path in beyond]
+    listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    holds = "holds" if len(beyond) == 1 else "hold"
+    journal = (
+        "the journal holds no record and its index no snapshot"
+        if end == 1
+        else f"the journal and its snapshot index end at record {end - 1}"
+    )
+    what = f"{listed} {holds} VM state up to record {beyond[-1][0] - 1}, but {journal}"
+    replay.damaged(CorruptState(replay.db_path, _journal_lost(what)))
+    replay.out.damaged_files.extend(path for _, path in beyond)
+
+
+def _newer_files(snapshot_dir: Path, row: SnapshotRow) -> list[str]:
+    newer = []
+    for path in snapshot_dir.iterdir():
+        parsed = parse_file_name(path.name)
+        if parsed is not None and parsed[0] == row.vm_id and parsed[1] > row.seq:
+            newer.append(f"{SNAPSHOT_DIR}/{path.name}")
+    return sorted(newer)
+
+
 def _load_snapshots(db: sqlite3.Connection, snapshot_dir: Path, replay: _Replay) -> None:
     try:
         rows, bad_rows = read_index(db, replay.db_path)
@@ -161,9 +232,18 @@ def _load_snapshots(db: sqlite3.Connection, snapshot_dir: Path, replay: _Replay)
         try:
             entry = load(snapshot_dir, row, registry.host)
         except CorruptState as exc:
-            replay.damaged(exc)
+            problem = exc
+            newer = [] if (snapshot_dir / row.file).exists() else _newer_files(snapshot_dir, row)
+            if newer:  # the index that named the newer file (and pruned this one) was lost
+                what = (
+                    f"its snapshot index names {SNAPSHOT_DIR}/{row.file}, which is gone, while "
+                    f"the newer {', '.join(newer)} is there"
+                )
+                problem = CorruptState(replay.db_path, _journal_lost(what), vm_id=row.vm_id)
+            else:
+                replay.out.damaged_files.append(exc.path)
+            replay.damaged(problem)
             replay.lose(row.vm_id)
-            replay.out.damaged_files.append(exc.path)
             continue
         registry.insert(row.vm_id, _constant(entry))
         replay.out.snapshots += 1
@@ -225,7 +305,12 @@ def _replay_one(
     """Apply one journal row; the damage it shows, if any (nothing is applied then)."""
     path = replay.db_path
     if seq != expected:
-        return CorruptState(path, f"records {expected} to {seq - 1} are missing", seq=expected)
+        what = (
+            f"missing (the next record is {seq})"
+            if seq == expected + 1
+            else f"records {expected} to {seq - 1} are missing"
+        )
+        return CorruptState(path, what, seq=expected)
     computed = row_crc(seq, vm_id, op_name, data)
     if computed != crc:
         return CorruptState(

@@ -55,9 +55,23 @@ def take(entry: VmEntry) -> tuple[bytes, str]:
     return snapshot_vm(entry.vm), entry_meta(entry)
 
 
+def file_name(vm_id: str, seq: int) -> str:
+    return f"{vm_id}.{seq}{SUFFIX}"
+
+
+def parse_file_name(name: str) -> tuple[str, int] | None:
+    """The VM id and sequence of a snapshot file's name; None for any other name."""
+    if not name.endswith(SUFFIX):
+        return None
+    vm_id, dot, seq = name[: -len(SUFFIX)].rpartition(".")
+    if not dot or not vm_id or not seq.isdigit():
+        return None
+    return vm_id, int(seq)
+
+
 def write(directory: Path, vm_id: str, seq: int, data: bytes, meta: str) -> SnapshotRow:
     """Write a snapshot file durably; returns its index row (not yet committed)."""
-    name = f"{vm_id}.{seq}{SUFFIX}"
+    name = file_name(vm_id, seq)
     write_durably(directory / name, data)
     return SnapshotRow(vm_id, seq, name, len(data), hashlib.sha256(data).hexdigest(), meta)
 

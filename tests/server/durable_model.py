@@ -125,7 +125,7 @@ def copy_registry(registry: Registry) -> Registry:
 # The replies that reveal state a dump does not show (the dirty bitmap, the vCPU's MMIO
 # cache, access bits), built from a model result with the server's own converters.
 REPLIES: dict[str, Callable[[Any], Message]] = {
-    "fault": lambda r: fault_conv.fault_response(HOST, r, Limits()),
+    "fault": lambda r: fault_conv.fault_response(HOST, r),
     "batch_fault": fault_conv.batch_response,
     "get_dirty_log": tables_conv.dirty_log_response,
     "age": tables_conv.age_response,

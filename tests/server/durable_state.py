@@ -4,16 +4,24 @@ Phase 1 runs and is snapshotted (the journal is truncated behind it); phase 2
 runs and stays in the journal; then the store is abandoned as a SIGKILL would
 leave it (no final snapshot). `model(n)` is a fresh model after phase 1 and
 the first n ops of phase 2, the state a discarded journal tail must leave.
+
+Also what the tests of a state directory share: `refused` (a real server
+must refuse to start on it) and `serving` (a real server on it).
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kvmmu.v1 import service_pb2_grpc, vm_pb2
 from mmu.constants import KVM_MEM_LOG_DIRTY_PAGES
 from mmu.memslots import Memslot
 from server import ops
@@ -22,7 +30,8 @@ from server.durability.config import DurabilityConfig
 from server.durability.layout import HostRecord
 from server.durability.store import Store, open_store
 from server.registry import Registry
-from tests.server.durable_model import HOST, fresh_registry
+from tests.server.conftest import REPO, ServerProcess, start_server
+from tests.server.durable_model import HOST, fresh_registry, model_fingerprint, server_fingerprint
 
 NO_TRIGGERS = DurabilityConfig(snapshot_records=0, snapshot_bytes=0, snapshot_seconds=0)
 HOST_RECORD = HostRecord("intel-ept", (), HOST.config.to_dict())
@@ -101,3 +110,38 @@ def model(phase2: int = len(PHASE2)) -> Registry:
     registry = fresh_registry()
     run_ops(registry, PHASE1 + PHASE2[:phase2])
     return registry
+
+
+def refused(state: Path, *args: str, prefix: tuple[str, ...] = ()) -> str:
+    """Start a server that must refuse: exit status 1, one clear message; returns it.
+
+    `prefix` runs it through another command (setpriv, prlimit)."""
+    result = subprocess.run(
+        [*prefix, sys.executable, "-m", "server.main", "--listen", "127.0.0.1:0", "--state-dir",
+         str(state), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "listening" not in result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@contextmanager
+def serving(state: Path, *args: str) -> Iterator[ServerProcess]:
+    srv = start_server("--state-dir", str(state), "--log-level", "warning", *args)
+    try:
+        yield srv
+    finally:
+        assert srv.stop() == 0
+
+
+def assert_state(srv: ServerProcess, expected: Registry) -> None:
+    with srv.channel() as channel:
+        stub = service_pb2_grpc.MmuServiceStub(channel)
+        listed = sorted(vm.vm_id for vm in stub.ListVms(vm_pb2.ListVmsRequest()).vms)
+        assert listed == expected.ids()
+        for vm_id in listed:
+            assert server_fingerprint(stub, vm_id) == model_fingerprint(expected, vm_id), vm_id

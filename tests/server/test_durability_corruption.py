@@ -7,19 +7,26 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from kvmmu.v1 import service_pb2_grpc, vm_pb2
-from server.registry import Registry
-from tests.server.conftest import REPO, ServerProcess, start_server
-from tests.server.durable_model import model_fingerprint, server_fingerprint
-from tests.server.durable_state import PHASE2, build, model
+from server.durability.store import open_store
+from tests.server.durable_model import fresh_registry
+from tests.server.durable_state import (
+    HOST_RECORD,
+    NO_TRIGGERS,
+    PHASE1,
+    PHASE2,
+    abandon,
+    assert_state,
+    build,
+    model,
+    refused,
+    run_ops,
+    serving,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,39 +49,6 @@ def state(pristine: tuple[Path, int, Path], tmp_path: Path) -> Path:
 def first(pristine: tuple[Path, int, Path]) -> int:
     """The sequence number of the first journal record (PHASE2[0])."""
     return pristine[1]
-
-
-def refused(state: Path, *args: str) -> str:
-    """Start a server that must refuse: exit status 1, one clear message; returns it."""
-    result = subprocess.run(
-        [sys.executable, "-m", "server.main", "--listen", "127.0.0.1:0", "--state-dir",
-         str(state), *args],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    assert "listening" not in result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if "cannot start" in line]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
-@contextmanager
-def serving(state: Path, *args: str) -> Iterator[ServerProcess]:
-    srv = start_server("--state-dir", str(state), "--log-level", "warning", *args)
-    try:
-        yield srv
-    finally:
-        assert srv.stop() == 0
-
-
-def assert_state(srv: ServerProcess, expected: Registry) -> None:
-    with srv.channel() as channel:
-        stub = service_pb2_grpc.MmuServiceStub(channel)
-        listed = sorted(vm.vm_id for vm in stub.ListVms(vm_pb2.ListVmsRequest()).vms)
-        assert listed == expected.ids()
-        for vm_id in listed:
-            assert server_fingerprint(stub, vm_id) == model_fingerprint(expected, vm_id), vm_id
 
 
 def edit_db(state: Path, sql: str, *params: object) -> None:
@@ -133,7 +107,7 @@ def test_torn_journal_record(state: Path, first: int) -> None:
 def test_missing_journal_record(state: Path, first: int) -> None:
     edit_db(state, "DELETE FROM journal WHERE seq = ?", first + 2)
     message = refused(state)
-    assert f"journal record {first + 2}: records {first + 2} to {first + 2} are missing" in message
+    assert f"journal record {first + 2}: missing (the next record is {first + 3})" in message
     with serving(state, "--discard-corrupt-tail") as srv:
         assert_state(srv, model(2))
 
@@ -208,7 +182,7 @@ def test_unknown_newer_format_version(state: Path) -> None:
     path.write_text(json.dumps(document))
     message = refused(state)
     assert "state format version 99 was written by a newer kvmmu" in message
-    assert "reads versions 1 to 1" in message
+    assert "this server reads version 1." in message
 
 
 def test_damaged_format_file(state: Path) -> None:
@@ -248,3 +222,84 @@ def test_a_file_is_not_a_state_directory(tmp_path: Path) -> None:
     path = tmp_path / "file"
     path.write_text("x")
     assert f"{path}: cannot be used as the state directory" in refused(path)
+
+
+# --- the WAL file is part of the journal ----------------------------------------------------
+
+
+def test_a_missing_wal_is_refused_and_the_snapshots_kept(
+    pristine: tuple[Path, int, Path], tmp_path: Path
+) -> None:
+    """SIGKILLed with its latest commits (a snapshot's index among them) in journal.db-wal,
+    then the WAL deleted: the snapshot files say the journal had more; refuse, delete
+    nothing, and with --discard-corrupt-tail move them aside rather than delete them."""
+    state = tmp_path / "state"
+    shutil.copytree(pristine[2], state)
+    (state / "journal.db-wal").unlink()
+    (state / "journal.db-shm").unlink()
+    snaps = sorted(p.name for p in (state / "snapshots").iterdir())
+    assert snaps == ["a.8.snap", "b.8.snap"]
+    message = refused(state)
+    assert f"{state / 'journal.db'}: the journal lost committed records" in message
+    assert "snapshots/a.8.snap, snapshots/b.8.snap hold VM state up to record 7" in message
+    assert "but the journal holds no record and its index no snapshot" in message
+    assert (
+        "journal.db-wal (SQLite's write-ahead log" in message and "missing or truncated" in message
+    )
+    assert sorted(p.name for p in (state / "snapshots").iterdir()) == snaps
+    with serving(state, "--discard-corrupt-tail") as srv:
+        banner = "".join(srv.banner)
+        assert "DISCARDED (--discard-corrupt-tail)" in banner
+        assert "the journal lost committed records" in banner
+        assert_state(srv, fresh_registry())
+    assert sorted(p.name for p in state.glob("damaged-*/*.snap")) == snaps
+
+
+def test_a_truncated_wal_is_blamed_on_the_journal(tmp_path: Path) -> None:
+    """Two snapshots, the WAL cut between them: the index names the first snapshot's files,
+    which the second one pruned. That is the journal's loss, not a missing snapshot."""
+    state, killed = tmp_path / "state", tmp_path / "killed"
+    registry = fresh_registry()
+    store = open_store(state, NO_TRIGGERS, registry, HOST_RECORD)
+    assert store is not None
+    run_ops(registry, PHASE1)
+    store.checkpoint()
+    run_ops(registry, PHASE2[:5])
+    store.journal.flush()
+    wal = state / "journal.db-wal"
+    before_second = wal.stat().st_size
+    store.checkpoint()
+    run_ops(registry, PHASE2[5:])
+    store.journal.flush()
+    shutil.copytree(state, killed)
+    abandon(store)
+    with open(killed / "journal.db-wal", "r+b") as handle:
+        handle.truncate(before_second)
+    message = refused(killed)
+    assert f"{killed / 'journal.db'} (vm a): the journal lost committed records" in message
+    assert "its snapshot index names snapshots/a.8.snap, which is gone, while the newer " in message
+    assert "snapshots/a.13.snap is there" in message
+    assert "journal.db-wal" in message
+    assert "missing: the snapshot index refers to it" not in message
+
+
+def test_a_snapshot_whose_index_never_committed_is_removed(state: Path, first: int) -> None:
+    """A crash after a checkpoint wrote its files, before its index committed, leaves files
+    the journal reaches (it commits their records first): leftovers, removed at start."""
+    end = first + len(PHASE2)  # the journal's next record
+    leftover = state / "snapshots" / f"a.{end}.snap"
+    shutil.copy(next((state / "snapshots").glob("a.*.snap")), leftover)
+    torn = state / "snapshots" / f"b.{end}.snap.tmp"
+    torn.write_bytes(b"half")
+    with serving(state) as srv:
+        assert not leftover.exists() and not torn.exists()
+        assert_state(srv, model())
+
+
+def test_a_snapshot_beyond_the_journal_is_refused_and_kept(state: Path, first: int) -> None:
+    beyond = state / "snapshots" / f"a.{first + len(PHASE2) + 1}.snap"
+    shutil.copy(next((state / "snapshots").glob("a.*.snap")), beyond)
+    message = refused(state)
+    assert f"snapshots/{beyond.name} holds VM state up to record {first + len(PHASE2)}" in message
+    assert f"the journal and its snapshot index end at record {first + len(PHASE2) - 1}" in message
+    assert beyond.exists()
