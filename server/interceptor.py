@@ -29,6 +29,12 @@ Streaming = Callable[[Any, grpc.ServicerContext], Iterator[Any]]
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
+def _client_gone(error: Exception, context: grpc.ServicerContext) -> bool:
+    """The call ended under us (cancelled, deadline): gRPC's own RpcError from the
+    context, not a server bug to log as internal."""
+    return isinstance(error, grpc.RpcError) and not context.is_active()
+
+
 def _check_store(gate: StoreFailure | None) -> None:
     failure = gate() if gate is not None else None
     if failure is not None:
@@ -181,6 +187,9 @@ class ServingInterceptor(BaseInterceptor):
             else:
                 self._done(method, "OK", start, context)
                 return response
+            if _client_gone(error, context):
+                self._done(method, "CANCELLED", start, context)
+                return None
             return self._failed(method, error, request, start, context)
 
         return serve
@@ -199,6 +208,9 @@ class ServingInterceptor(BaseInterceptor):
             else:
                 code = "OK" if context.is_active() else "CANCELLED"
                 self._done(method, code, start, context)
+                return
+            if _client_gone(error, context):
+                self._done(method, "CANCELLED", start, context)
                 return
             self._failed(method, error, request, start, context)
 
