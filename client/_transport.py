@@ -68,10 +68,11 @@ class TlsConfig:
 def _pem(source: Path | str | bytes | None, what: str) -> bytes | None:
     if source is None:
         return None
-    data = source if isinstance(source, bytes) else read_pem(Path(source))
-    if PEM_MARKER not in data:
+    if not isinstance(source, bytes):
+        return read_pem(Path(source))  # checks for the PEM block, naming the file
+    if PEM_MARKER not in source:
         raise ValueError(f"the TLS {what} is not PEM: no '-----BEGIN' line")
-    return data
+    return source
 
 
 PEM_MARKER: Final = b"-----BEGIN"

@@ -275,35 +275,26 @@ def _mmio_leaf(state: VmState, ctx: OpContext, spte: int) -> MmioFaultLeaf:
 # --- fast_page_fault --------------------------------------------------------
 
 
-def page_fault_can_be_fast(state: VmState, fault: PageFault) -> bool:
+def fast_path_refusal(state: VmState, fault: PageFault) -> str | None:
+    """page_fault_can_be_fast: None if the fast path may run, else why not (for --explain)."""
     if fault.rsvd:
-        return False
+        return "an RSVD fault"
     if state.has_private_mem and fault.is_private != state.mem_is_private(fault.gfn):
-        return False
+        return "the fault's privateness differs from the GFN's memory attribute"
     if not fault.present:
-        return not state.host.kvm_ad_enabled
-    return fault.write
-
-
-def _why_not_fast(state: VmState, fault: PageFault) -> str:
-    """The reason page_fault_can_be_fast said no, for --explain."""
-    if fault.rsvd:
-        why = "an RSVD fault"
-    elif state.has_private_mem and fault.is_private != state.mem_is_private(fault.gfn):
-        why = "the fault's privateness differs from the GFN's memory attribute"
-    elif not fault.present:
-        why = "a not-present fault, and the host has A/D bits (nothing to restore)"
-    else:
-        why = "a present fault that is not a write"
-    return f"no fast path: {why}"
+        if state.host.kvm_ad_enabled:
+            return "a not-present fault, and the host has A/D bits (nothing to restore)"
+        return None
+    return None if fault.write else "a present fault that is not a write"
 
 
 def fast_page_fault(
     state: VmState, ctx: OpContext, fault: PageFault, res: FaultResult
 ) -> Outcome | None:
-    if not page_fault_can_be_fast(state, fault):
+    refusal = fast_path_refusal(state, fault)
+    if refusal is not None:
         if ctx.explain is not None:
-            ctx.step("page_fault_can_be_fast", lambda: _why_not_fast(state, fault))
+            ctx.step("page_fault_can_be_fast", lambda: f"no fast path: {refusal}")
         return None
     host = state.host
     root = state.direct_root

@@ -274,7 +274,7 @@ class Vm:
             _u64(getattr(slot, name), name)
         if slot.npages == 0:
             raise InvalidInput("a memslot needs at least one page", field="npages")
-        if moving and slot.base_gfn + slot.npages > 1 << 52:
+        if moving and slot.base_gfn + slot.npages > 1 << (64 - 12):  # GFNs of 2^64 bytes
             raise InvalidInput("the moved memslot would end beyond 2^64 bytes", field="base_gfn")
         if not moving and slot.base_gfn + slot.npages > 1 << (MAX_GPA_BITS - 12):
             raise InvalidInput("the memslot ends beyond the 52-bit GPA space", field="npages")

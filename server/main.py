@@ -176,18 +176,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
     except (ModelError, ValueError) as exc:
         parser.error(str(exc))
-    # Streams can each hold a worker and an in-flight slot for as long as the client
-    # likes; short calls must always find both.
     for flag, seconds in (("--grace", args.grace), ("--shutdown-drain", args.shutdown_drain)):
         if not seconds >= 0:  # also refuses nan
             parser.error(f"{flag} must be a number of seconds, 0 or more (got {seconds})")
+    # Streams can each hold a worker and an in-flight slot for as long as the client
+    # likes; short calls must always find both.
     if args.workers <= args.max_concurrent_streams:
         parser.error("--workers must exceed --max-concurrent-streams")
     if args.max_inflight_rpcs <= args.max_concurrent_streams:
         parser.error("--max-inflight-rpcs must exceed --max-concurrent-streams")
+    metrics_address = None
     if args.metrics_listen:
         try:
-            metrics_host, _ = parse_metrics_address(args.metrics_listen)
+            metrics_address = parse_metrics_address(args.metrics_listen)
         except ValueError as exc:
             parser.error(f"--metrics-listen: {exc}")
     refusal = listen_refusal(args.listen, config.security)
@@ -200,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in warnings:
         logging.getLogger("kvmmu.server").warning("%s", warning)
     try:
-        server, port = create_server(args.listen, config=config, metrics=bool(args.metrics_listen))
+        metrics = metrics_address is not None
+        server, port = create_server(args.listen, config=config, metrics=metrics)
     except StateError as exc:
         print(f"kvmmu-server: cannot start: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -213,9 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         for line in server.store.describe():
             print(f"kvmmu-server: {line}", flush=True)
-    if server.metrics is not None:
+    if metrics_address is not None:
+        assert server.metrics is not None  # created because the address was given
+        metrics_host, metrics_port = metrics_address
         try:
-            metrics_port = server.metrics.serve(args.metrics_listen)
+            metrics_port = server.metrics.serve(metrics_host, metrics_port)
         except OSError as exc:  # address in use, not local, ...
             print(
                 f"kvmmu-server: cannot serve metrics on {args.metrics_listen}: {exc}",

@@ -9,6 +9,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from server.registry import Registry, vm_info
+from server.security import split_host
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0)
 
@@ -64,9 +65,8 @@ class Metrics:
         self.requests.labels(method, code).inc()
         self.latency.labels(method).observe(seconds)
 
-    def serve(self, address: str) -> int:
-        """Start the /metrics HTTP endpoint on host:port; returns the bound port."""
-        host, port = parse_metrics_address(address)
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics HTTP endpoint (see `parse_metrics_address`); the bound port."""
         server, _thread = start_http_server(port, addr=host, registry=self.prometheus)
         bound: int = server.server_port
         return bound
@@ -80,10 +80,8 @@ def parse_metrics_address(address: str) -> tuple[str, int]:
     host, sep, port_text = address.rpartition(":")
     if not sep:
         raise ValueError(f"{address!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
         raise ValueError(f"write an IPv6 address in brackets: [{host}]:{port_text}")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
-    return host or "127.0.0.1", int(port_text)
+    return split_host(address) or "127.0.0.1", int(port_text)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from client.commands.views import hx
 from client.scenario.format import Step
 from client.scenario.runner import RunResult
 from client.scenario.show import brief
@@ -129,7 +130,7 @@ def text_rows(rows: Sequence[DiffRow], limit: int = 50) -> list[list[str]]:
         marker = "*" if row.differs else " "
         out.append([marker, str(row.step.index), f"{row.step.op} {row.step.vm}", *row.cells])
         for d in (row.sptes or ())[:limit]:
-            out.append(["*", "", f"  {d.label}", *(_hex(v) or "-" for v in d.values)])
+            out.append(["*", "", f"  {d.label}", *(hx(v) for v in d.values)])
         more = len(row.sptes or ()) - limit
         if more > 0:
             blank = [""] * len(row.cells)

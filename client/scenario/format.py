@@ -18,9 +18,7 @@ from client.scenario.show import show
 from client.scenario.values import (
     EXPECTATIONS,
     PARAMS,
-    VM_TYPES,
     ScenarioError,
-    choice,
     flag,
     number,
 )
@@ -64,7 +62,7 @@ EXPECT_KEYS: Final[dict[str, set[str]]] = {
     "dump": {"count", "sptes", "kinds"},
     "stats": {"stats"},
 }
-_vm_type = choice(VM_TYPES, "VM type")
+_vm_type = PARAMS["type"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,16 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any, Final
 
-from client.commands.params import parse_number
+from client.commands.params import U64_MAX, parse_number
 from mmu.decode import SpteKind
 from mmu.fault import Outcome
 from mmu.state import STAT_NAMES
+from mmu.vmtypes import VmType
 
 Parser = Callable[[Any, str], Any]
 
-U64_MAX: Final = (1 << 64) - 1
 BACKING: Final = {"4K": 1, "2M": 2, "1G": 3}
-VM_TYPES: Final = ("default", "sw-protected", "sev", "sev-es", "snp", "tdx")
+VM_TYPES: Final = tuple(t.cli_name for t in VmType)
 ACCESSES: Final = ("read", "write", "exec")
 # What kvm_mmu_page_fault returns, in the model's (KVM's) names.
 OUTCOMES: Final = tuple(o.value for o in Outcome)

@@ -75,7 +75,6 @@ class Snapshotter:
         self._lock = threading.Lock()  # one checkpoint at a time
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._closing = False
         self.retry_seconds = RETRY_SECONDS
         self._thread: threading.Thread | None = None
 
@@ -99,7 +98,7 @@ class Snapshotter:
 
     def _run(self) -> None:
         """The snapshot thread: lives until stop(); any error is logged, never fatal."""
-        while not self._closing:
+        while not self._stopping.is_set():
             try:
                 if not self._step():
                     return
@@ -119,7 +118,7 @@ class Snapshotter:
         """Wait for a trigger and take a checkpoint if anything changed; False: stop."""
         self._wake.wait(self.config.snapshot_seconds or None)
         self._wake.clear()
-        if self._closing or self.journal.failure is not None:
+        if self._stopping.is_set() or self.journal.failure is not None:
             return False
         if self.journal.stats.records_since_snapshot == 0:
             return True
@@ -135,7 +134,6 @@ class Snapshotter:
         return True
 
     def stop(self) -> None:
-        self._closing = True
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:

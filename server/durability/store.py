@@ -168,10 +168,7 @@ def _open(
         layout.check_host(state_dir, recorded, host)
     if not db_path.exists():
         raise CorruptState(db_path, "missing: the format file says this directory holds state")
-    if not snapshot_dir.is_dir():
-        if snapshot_dir.exists() or snapshot_dir.is_symlink():
-            raise StateError(f"{snapshot_dir}: not a directory; VM snapshots are written there")
-        snapshot_dir.mkdir()
+    snapshot_dir.mkdir(exist_ok=True)  # check_writable refused anything but a directory
     db = _connect(db_path, config)
     try:
         recovery = recover(db, db_path, snapshot_dir, registry, discard=config.discard_corrupt_tail)

@@ -19,13 +19,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from kvmmu.v1 import service_pb2_grpc, vm_pb2
 from mmu.constants import KVM_MEM_LOG_DIRTY_PAGES
 from mmu.memslots import Memslot
 from server import ops
+from server.app import create_server
 from server.apply import apply
+from server.config import ServerConfig
 from server.durability.config import DurabilityConfig
 from server.durability.layout import HostRecord
 from server.durability.store import Store, open_store
@@ -145,3 +148,24 @@ def assert_state(srv: ServerProcess, expected: Registry) -> None:
         assert listed == expected.ids()
         for vm_id in listed:
             assert server_fingerprint(stub, vm_id) == model_fingerprint(expected, vm_id), vm_id
+
+
+@contextmanager
+def server_losing_its_disk(
+    state: Path, *vm_ids: str
+) -> Iterator[tuple[int, service_pb2_grpc.MmuServiceStub, grpc.Channel]]:
+    """A server on `state` holding VMs `vm_ids`, whose journal's disk is then gone;
+    yields its port, a stub and the stub's channel, and leaves it as a kill would."""
+    server, port = create_server("127.0.0.1:0", config=ServerConfig(state_dir=state))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = service_pb2_grpc.MmuServiceStub(channel)
+            for vm_id in vm_ids:
+                stub.CreateVm(vm_pb2.CreateVmRequest(vm_id=vm_id))
+            assert server.store is not None
+            server.store.db.close()  # the disk is gone
+            yield port, stub, channel
+    finally:
+        server.grpc.stop(0).wait()
+        if server.store is not None:
+            abandon(server.store)

@@ -15,14 +15,12 @@ import pytest
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kvmmu.v1 import service_pb2_grpc, vm_pb2
+from kvmmu.v1 import vm_pb2
 from mmu.errors import ModelError
 from mmu.memslots import Memslot
 from mmu.vm import Vm
 from server import ops
-from server.app import create_server
 from server.apply import apply
-from server.config import ServerConfig
 from server.durability.codec import Record, decode, encode
 from server.durability.config import DurabilityConfig
 from server.durability.errors import CorruptState, StoreFailed
@@ -31,7 +29,15 @@ from server.main import build_parser, config_from_args
 from server.registry import Registry
 from server.status import status_for
 from tests.server.durable_model import fresh_registry, model_fingerprint
-from tests.server.durable_state import HOST_RECORD, NO_TRIGGERS, PHASE1, PHASE2, abandon, run_ops
+from tests.server.durable_state import (
+    HOST_RECORD,
+    NO_TRIGGERS,
+    PHASE1,
+    PHASE2,
+    abandon,
+    run_ops,
+    server_losing_its_disk,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -255,21 +261,10 @@ def test_flags_build_the_durability_config() -> None:
 
 
 def test_a_failing_store_turns_health_not_serving(tmp_path: Path) -> None:
-    config = ServerConfig(state_dir=tmp_path / "s")
-    server, port = create_server("127.0.0.1:0", config=config)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = service_pb2_grpc.MmuServiceStub(channel)
-            health = health_pb2_grpc.HealthStub(channel)
-            stub.CreateVm(vm_pb2.CreateVmRequest(vm_id="a"))
-            assert server.store is not None
-            server.store.db.close()  # the disk is gone
-            with pytest.raises(grpc.RpcError) as err:
-                stub.UpdateVm(vm_pb2.UpdateVmRequest(vm=vm_pb2.Vm(name="vms/a", display_name="x")))
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-            status = health.Check(health_pb2.HealthCheckRequest()).status
-            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
-    finally:
-        server.grpc.stop(0).wait()
-        server.store.snapshotter.stop()  # type: ignore[union-attr]
-        server.store.lock.close()  # type: ignore[union-attr]
+    with server_losing_its_disk(tmp_path / "s", "a") as (_port, stub, channel):
+        health = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.UpdateVm(vm_pb2.UpdateVmRequest(vm=vm_pb2.Vm(name="vms/a", display_name="x")))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        status = health.Check(health_pb2.HealthCheckRequest()).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -215,16 +215,21 @@ def test_limit_inflight_rpcs_refuses_calls_beyond_it_before_reading_them() -> No
         server.stop(grace=1)
 
 
+def server_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`kvmmu-server ARGS` run to its end (usage errors exit before serving)."""
+    return subprocess.run(
+        [sys.executable, "-m", "server.main", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_cli_keeps_room_for_short_calls_beside_streams() -> None:
     for flags in (["--workers", "4"], ["--max-inflight-rpcs", "4"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "server.main", "--max-concurrent-streams", "4", *flags],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = server_cli("--max-concurrent-streams", "4", *flags)
         assert result.returncode == 2
         assert f"{flags[0]} must exceed --max-concurrent-streams" in result.stderr
 
@@ -344,14 +349,7 @@ def test_help_documents_flags_and_env():
 
 
 def test_bad_host_override_is_a_usage_error():
-    result = subprocess.run(
-        [sys.executable, "-m", "server.main", "--host-set", "phys_bits=many"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = server_cli("--host-set", "phys_bits=many")
     assert result.returncode == 2 and "phys_bits" in result.stderr
 
 
@@ -424,10 +422,7 @@ def test_a_host_without_the_tdp_mmu_runs_no_vms_and_says_why():
     ],
 )
 def test_bad_metrics_address_is_a_usage_error(address, reason):
-    result = subprocess.run(
-        [sys.executable, "-m", "server.main", "--state-dir", "none", "--metrics-listen", address],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+    result = server_cli("--state-dir", "none", "--metrics-listen", address)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--metrics-listen: " in result.stderr and reason in result.stderr
 
@@ -440,8 +435,5 @@ def test_metrics_address_forms():
 
 @pytest.mark.parametrize("flag", ["--grace", "--shutdown-drain"])
 def test_negative_shutdown_times_are_usage_errors(flag):
-    result = subprocess.run(
-        [sys.executable, "-m", "server.main", "--state-dir", "none", flag, "-5"],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+    result = server_cli("--state-dir", "none", flag, "-5")
     assert result.returncode == 2 and f"{flag} must be a number of seconds" in result.stderr

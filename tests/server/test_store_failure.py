@@ -17,6 +17,7 @@ from kvmmu.v1 import service_pb2_grpc, vm_pb2
 from server.app import create_server
 from server.config import ServerConfig
 from tests.server.conftest import REPO
+from tests.server.durable_state import server_losing_its_disk
 
 
 def code_of(call: object, request: object) -> grpc.StatusCode:
@@ -28,26 +29,19 @@ def code_of(call: object, request: object) -> grpc.StatusCode:
 
 def test_a_change_whose_record_failed_is_never_seen(tmp_path: Path) -> None:
     config = ServerConfig(state_dir=tmp_path / "s")
-    server, port = create_server("127.0.0.1:0", config=config)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = service_pb2_grpc.MmuServiceStub(channel)
-            stub.CreateVm(vm_pb2.CreateVmRequest(vm_id="a"))
-            stub.CreateVm(vm_pb2.CreateVmRequest(vm_id="b"))
-            assert server.store is not None
-            server.store.db.close()  # the disk is gone
-            # The delete took effect in memory before its record failed ...
-            assert code_of(stub.DeleteVm, vm_pb2.DeleteVmRequest(name="vms/b")) == (
-                grpc.StatusCode.UNAVAILABLE
-            )
-            # ... so no read may show it: every call is UNAVAILABLE, not NOT_FOUND.
-            assert code_of(stub.GetVm, vm_pb2.GetVmRequest(name="vms/b")) == (
-                grpc.StatusCode.UNAVAILABLE
-            )
-            assert code_of(stub.ListVms, vm_pb2.ListVmsRequest()) == grpc.StatusCode.UNAVAILABLE
-            health = health_pb2_grpc.HealthStub(channel)
-            status = health.Check(health_pb2.HealthCheckRequest()).status
-            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with server_losing_its_disk(tmp_path / "s", "a", "b") as (port, stub, channel):
+        # The delete took effect in memory before its record failed ...
+        assert code_of(stub.DeleteVm, vm_pb2.DeleteVmRequest(name="vms/b")) == (
+            grpc.StatusCode.UNAVAILABLE
+        )
+        # ... so no read may show it: every call is UNAVAILABLE, not NOT_FOUND.
+        assert code_of(stub.GetVm, vm_pb2.GetVmRequest(name="vms/b")) == (
+            grpc.StatusCode.UNAVAILABLE
+        )
+        assert code_of(stub.ListVms, vm_pb2.ListVmsRequest()) == grpc.StatusCode.UNAVAILABLE
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(health_pb2.HealthCheckRequest()).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
         # The client library and the CLI say what happened, not "cannot connect".
         with connect(f"127.0.0.1:{port}", timeout=10) as client:
             started = time.monotonic()
@@ -59,11 +53,6 @@ def test_a_change_whose_record_failed_is_never_seen(tmp_path: Path) -> None:
             cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert cli.returncode == 1 and "cannot store changes" in cli.stderr, cli.stderr
-    finally:
-        server.grpc.stop(0).wait()
-        assert server.store is not None
-        server.store.snapshotter.stop()
-        server.store.lock.close()
     restarted, port = create_server("127.0.0.1:0", config=config)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
